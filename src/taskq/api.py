@@ -1,0 +1,398 @@
+"""The Python API: :class:`Spool`. The CLI is a thin layer over it.
+
+Example::
+
+    import taskq
+    job = taskq.Spool("/var/spool/myapp").add(["convert", "in.png", "out.jpg"], payload={"user": 7})
+    print(job.id, job.state)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+from . import times
+from .config import Config, parse_config, resolve_spool
+from .errors import (
+    DependencyError,
+    DiskFullError,
+    JobNotFoundError,
+    SpoolError,
+    ValidationError,
+)
+from .job import STATES, Job, build, check_id, id_time, parse_json_bytes
+from .spool import Lock, SpoolDir, parse_pending_name, pending_name
+
+#: Fields a producer may set in ``add --batch`` lines and drop-in files.
+LIVE_STATES = ("pending", "running", "done")
+
+
+class Spool:
+    """A taskq spool: enqueue jobs and inspect them.
+
+    ``Spool(path)`` does not touch the disk; :meth:`add` creates a missing spool,
+    read methods raise :class:`~taskq.errors.NoSpoolError` when there is none.
+    *path* defaults to ``$TASKQ_SPOOL``, else ``$XDG_DATA_HOME/taskq/spool``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = resolve_spool(path)
+        self.dir = SpoolDir(self.path)
+        self._config: Config | None = None
+
+    def __repr__(self) -> str:
+        return f"Spool({self.path!r})"
+
+    @property
+    def config(self) -> Config:
+        """The spool's ``taskq.toml``, read once (ValidationError if it is invalid)."""
+        if self._config is None:
+            self._config = parse_config(self.dir.read_config(), self.dir.config_path())
+            self.dir.sync = self._config.fsync
+        return self._config
+
+    # -- enqueue -----------------------------------------------------------------------
+
+    def add(
+        self,
+        command: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+        payload: Any = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        run_at: float | None = None,
+        max_attempts: int | None = None,
+        backoff: float | None = None,
+        backoff_max: float | None = None,
+        timeout: float | None = None,
+        unique_key: str | None = None,
+        permanent_exit_codes: Sequence[int] | None = None,
+        after: Sequence[str] | None = None,
+    ) -> Job:
+        """Enqueue one job and return its record (``job.state == "pending"``).
+
+        Options left as None take the task type's default (when *name* names one in
+        ``taskq.toml``), else the spool's ``[defaults]``, else the built-in default.
+        *delay* (seconds from now) and *run_at* (epoch seconds) are alternatives.
+        With *unique_key*, if a pending, running or done job holds the key, nothing is
+        created and that job is returned with ``job.duplicate`` set.
+
+        Raises ValidationError (bad field), DependencyError (an *after* job is
+        missing or failed), DiskFullError or SpoolError.
+        """
+        if delay is not None and run_at is not None:
+            raise ValidationError("give either a delay or a run_at time, not both")
+        given: dict[str, Any] = {
+            "command": list(command) if command is not None else None,
+            "name": name,
+            "payload": payload,
+            "env": dict(env) if env else None,
+            "cwd": os.path.abspath(cwd) if cwd is not None else None,
+            "priority": priority,
+            "delay": delay,
+            "run_at": times.iso(run_at) if run_at is not None else None,
+            "max_attempts": max_attempts,
+            "backoff": backoff,
+            "backoff_max": backoff_max,
+            "timeout": timeout,
+            "unique_key": unique_key,
+            "permanent_exit_codes": list(permanent_exit_codes) if permanent_exit_codes is not None else None,
+            "after": list(after) if after else None,
+        }
+        return self._add([{k: v for k, v in given.items() if v is not None}], None)[0]
+
+    def add_batch(
+        self, records: Iterable[dict[str, Any]], line_numbers: Sequence[int] | None = None
+    ) -> list[Job]:
+        """Enqueue several jobs, all or nothing; return their records in order.
+
+        Each record holds job fields (CONTRACT §4; durations as seconds or DURATION
+        strings; ``delay`` allowed). Every record is validated before anything is
+        written; a ValidationError names the record (``line N``: its position, or
+        the matching entry of *line_numbers*) and the field.
+        """
+        records = list(records)
+        numbers = list(line_numbers) if line_numbers is not None else list(range(1, len(records) + 1))
+        return self._add(records, numbers)
+
+    def _add(self, records: list[dict[str, Any]], numbers: list[int] | None) -> list[Job]:
+        self.dir.create()
+        config = self.config
+        now = times.now()
+        cwd = os.getcwd()
+        jobs: list[Job] = []
+        for i, record in enumerate(records):
+            where = f"line {numbers[i]}: " if numbers is not None else ""
+            if not isinstance(record, dict):
+                raise ValidationError(f"{where}a job must be a JSON object")
+            try:
+                jobs.append(build(record, now=now, default_cwd=cwd, defaults=config.defaults, tasks=config.tasks))
+            except ValidationError as exc:
+                raise ValidationError(f"{where}{exc}") from None
+        batch_ids = {job.id for job in jobs}
+        if len(batch_ids) != len(jobs):
+            raise ValidationError("the same id is given twice")
+        for i, job in enumerate(jobs, 1):
+            if "id" in records[i - 1] and self.dir.locate(job.id):
+                raise ValidationError(f"a job with id {job.id} exists already", "id")
+            for dep in job.after:
+                if dep in batch_ids:
+                    continue
+                found = self.dir.locate(dep)
+                if found is None:
+                    raise DependencyError(f"--after {dep}: no such job")
+                if found[0] == "failed":
+                    raise DependencyError(f"--after {dep}: that job has failed")
+        self._check_free_space()
+        return self._enqueue(jobs)
+
+    def _check_free_space(self) -> None:
+        limit = self.config.min_free
+        if limit and self.dir.free_bytes() < limit:
+            raise DiskFullError(f"spool at {self.path}: less than {limit} bytes free, nothing enqueued")
+
+    def _enqueue(self, jobs: list[Job]) -> list[Job]:
+        keys = sorted({job.unique_key for job in jobs if job.unique_key})
+        locks: dict[str, Lock] = {}
+        try:
+            for key in keys:  # sorted: two batches never wait for each other in a cycle
+                locks[key] = self.dir.lock_key(key)
+            result: list[Job] = []
+            fresh: list[Job] = []
+            claimed: dict[str, Job] = {}
+            for job in jobs:
+                key = job.unique_key
+                if key:
+                    if key in claimed:
+                        result.append(_as_duplicate(claimed[key]))
+                        continue
+                    holder = self._key_holder(locks[key])
+                    if holder is not None:
+                        result.append(_as_duplicate(holder))
+                        continue
+                    claimed[key] = job
+                job.state = "pending"
+                fresh.append(job)
+                result.append(job)
+            # The key files name their new holders before the jobs appear: a crash in
+            # between leaves a key naming a missing job, which counts as free.
+            for job in fresh:
+                if job.unique_key:
+                    self.dir.write_lock_file(locks[job.unique_key], job.id)
+            self._publish(fresh)
+            return result
+        finally:
+            for lock in locks.values():
+                lock.release(remove=False)
+
+    def _key_holder(self, lock: Lock) -> Job | None:
+        """The live (pending, running or done) job holding a key, if any."""
+        holder = self.dir.read_lock_file(lock)
+        if not holder:
+            return None
+        try:
+            check_id(holder)
+            job = self.get(holder)
+        except (ValidationError, JobNotFoundError):
+            return None
+        return job if job.state in LIVE_STATES else None
+
+    def _publish(self, jobs: list[Job]) -> None:
+        staged: list[tuple[str, str]] = []
+        try:
+            for job in jobs:
+                staged.append((self.dir.stage(job.to_bytes()), _pending_name(job)))
+        except SpoolError:
+            for path, _ in staged:
+                self.dir._discard(path)
+            raise
+        published: list[str] = []
+        try:
+            for path, name in staged:
+                self.dir.io.rename(path, self.dir.path("pending", name))
+                published.append(name)
+            self.dir.sync_dir("pending")
+        except (OSError, SpoolError) as exc:
+            # All or nothing: take back what was published, drop what was staged.
+            for name in published:
+                self.dir.remove("pending", name)
+            for path, _ in staged:
+                self.dir._discard(path)
+            if isinstance(exc, SpoolError):
+                raise
+            raise self.dir._error("rename into", self.dir.dir("pending"), exc) from None
+
+    # -- read --------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        """The job *job_id* in whatever state it is. Raises JobNotFoundError."""
+        check_id(job_id)
+        self.dir.require()
+        for _ in range(3):
+            found = self.dir.locate(job_id)
+            if found is None:
+                break
+            try:
+                return self._load(*found)
+            except FileNotFoundError:
+                continue  # it moved while we read it: look again
+        raise JobNotFoundError(job_id)
+
+    def list(self, state: str | None = None, limit: int | None = 50) -> list[Job]:
+        """Jobs, newest first by ``created_at``; one *state* or all; at most *limit*."""
+        if state is not None and state not in STATES:
+            raise ValidationError(f"unknown state {state!r} (use {', '.join(STATES)})", "--state")
+        if limit is not None and limit < 0:
+            raise ValidationError("must be >= 0", "--limit")
+        self.dir.require()
+        found: list[tuple[float, str, str, str]] = []
+        for st in (state,) if state else STATES:
+            for name in self.dir.names(st):
+                job_id = _id_of(st, name)
+                if job_id is None:
+                    continue
+                created = id_time(job_id)
+                if created is None:
+                    try:
+                        created = self._load(st, name).created_ts
+                    except (FileNotFoundError, ValueError):
+                        created = 0.0
+                found.append((created, job_id, st, name))
+        found.sort(reverse=True)
+        jobs: list[Job] = []
+        for _, _, st, name in found:
+            if limit is not None and len(jobs) >= limit:
+                break
+            try:
+                jobs.append(self._load(st, name))
+            except FileNotFoundError:
+                continue  # moved since the listing; it shows up next time
+        return jobs
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """The spool at a glance, from directory listings (job files are opened only
+        for running jobs, recent failures, and pending jobs with dependencies)."""
+        self.dir.require()
+        now = times.now() if now is None else now
+        now_key = times.name_key(now)
+        names = {st: self.dir.names(st) for st in STATES}
+        done_ids = None
+        ready = scheduled = waiting = 0
+        oldest: float | None = None
+        for name in names["pending"]:
+            parsed = parse_pending_name(name)
+            if parsed is None:  # a drop-in file not yet normalised: ready at once
+                ready += 1
+                continue
+            if parsed.run_key > now_key:
+                scheduled += 1
+                continue
+            if parsed.has_deps:
+                if done_ids is None:
+                    done_ids = {n[:-5] for n in names["done"]}
+                if not self._deps_done(name, done_ids):
+                    waiting += 1
+                    continue
+            ready += 1
+            created = id_time(parsed.id)
+            if created is not None and (oldest is None or created < oldest):
+                oldest = created
+        running = []
+        for name in sorted(names["running"]):
+            try:
+                job = self._load("running", name)
+            except (FileNotFoundError, ValueError):
+                continue
+            attempt = job.current_attempt
+            started = times.parse_iso(attempt.started_at) if attempt else None
+            running.append({
+                "id": job.id,
+                "name": job.name,
+                "attempt": attempt.number if attempt else None,
+                "started_at": attempt.started_at if attempt else None,
+                "runtime": round(now - started, 3) if started else None,
+                "worker": attempt.worker if attempt else None,
+            })
+        failures = []
+        recent = sorted(self.dir.entries("failed"), key=_mtime, reverse=True)[:5]
+        for entry in recent:
+            try:
+                job = self._load("failed", entry.name)
+            except (FileNotFoundError, ValueError):
+                continue
+            failures.append({"id": job.id, "name": job.name, "last_error": job.last_error,
+                             "settled_at": job.settled_at})
+        return {
+            "spool": self.path,
+            "paused": self.dir.is_paused(),
+            "counts": {st: len(names[st]) for st in STATES},
+            "ready": ready,
+            "scheduled": scheduled,
+            "waiting": waiting,
+            "oldest_ready_age": round(now - oldest, 3) if oldest is not None else None,
+            "running": running,
+            "recent_failures": failures,
+        }
+
+    def _deps_done(self, name: str, done_ids: set[str]) -> bool:
+        try:
+            data = parse_json_bytes(self.dir.read("pending", name))
+        except (FileNotFoundError, SpoolError, ValidationError):
+            return False
+        after = data.get("after") if isinstance(data, dict) else None
+        return isinstance(after, list) and all(dep in done_ids for dep in after)
+
+    def _load(self, state: str, name: str) -> Job:
+        """Read one job file. A failed/ file that is not a valid job is presented as a
+        record whose ``last_error`` says why (from its ``.reason`` file)."""
+        raw = self.dir.read(state, name)
+        try:
+            job = Job.from_bytes(raw)
+        except ValidationError as exc:
+            if state != "failed":
+                raise
+            job = self._unreadable(name, str(exc))
+        job.state = state
+        return job
+
+    def _unreadable(self, name: str, why: str) -> Job:
+        job_id = name[:-5]
+        reason: dict[str, Any] = {}
+        try:
+            reason = json.loads(self.dir.read("failed", f"{job_id}.reason"))
+        except (FileNotFoundError, SpoolError, ValueError):
+            reason = {"last_error": f"unreadable job file: {why}"}
+        stamp = reason.get("settled_at") or times.iso(0)
+        return Job(
+            id=job_id, command=[], cwd="/", created_at=stamp, run_at=stamp,
+            last_error=reason.get("last_error"), settled_at=reason.get("settled_at"),
+            extra={"unreadable": True, "original_name": reason.get("original_name")},
+        )
+
+
+def _pending_name(job: Job) -> str:
+    return pending_name(job.id, job.priority, times.name_key(job.run_at_ts), bool(job.after))
+
+
+def _id_of(state: str, name: str) -> str | None:
+    if state == "pending":
+        parsed = parse_pending_name(name)
+        return parsed.id if parsed else None
+    return name[:-5]
+
+
+def _as_duplicate(job: Job) -> Job:
+    return dataclasses.replace(job, duplicate=True)
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0

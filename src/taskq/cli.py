@@ -1,0 +1,292 @@
+"""The ``taskq`` command: typer commands that parse, call the API, and render.
+
+Data goes to stdout, messages for people to stderr. ``--json`` output is one
+``json.dumps`` per record and never imports rich. Errors are one line on stderr and
+the exit status of CONTRACT §5: 1 = the operation failed, 2 = usage/validation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NoReturn, Optional
+
+import typer
+
+from .errors import TaskqError, ValidationError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="A command-line task queue with a durable file-based spool.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+SpoolOpt = typer.Option(
+    None, "--spool", metavar="DIR",
+    help="The spool directory [default: $TASKQ_SPOOL, else $XDG_DATA_HOME/taskq/spool].",
+)
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+@app.callback()
+def _root(ctx: typer.Context, spool: Optional[str] = SpoolOpt) -> None:
+    """A command-line task queue with a durable file-based spool."""
+    ctx.obj = {"spool": spool}
+
+
+def _spool(ctx: typer.Context, spool: Optional[str]):  # -> Spool, imported lazily
+    from .api import Spool
+
+    parent = (ctx.obj or {}).get("spool") if ctx.obj else None
+    return Spool(spool if spool is not None else parent)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"taskq: {message}\n")
+    raise typer.Exit(code)
+
+
+# -- add ---------------------------------------------------------------------------------
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def add(
+    ctx: typer.Context,
+    command: Optional[list[str]] = typer.Argument(None, metavar="[--] COMMAND [ARG]...", show_default=False),
+    spool: Optional[str] = SpoolOpt,
+    name: Optional[str] = typer.Option(None, "--name", help="Label, or a task type of taskq.toml."),
+    payload: Optional[str] = typer.Option(None, "--payload", metavar="JSON", help="JSON handed to the command on stdin."),
+    payload_file: Optional[str] = typer.Option(None, "--payload-file", metavar="PATH", help="Read the payload JSON from PATH (- = stdin)."),
+    env: Optional[list[str]] = typer.Option(None, "--env", metavar="KEY=VALUE", help="Extra environment variable (repeatable)."),
+    cwd: Optional[str] = typer.Option(None, "--cwd", metavar="DIR", help="Working directory [default: here]."),
+    shell: bool = typer.Option(False, "--shell", help="Run COMMAND as one string with /bin/sh -c."),
+    priority: Optional[int] = typer.Option(None, "--priority", help="Higher runs first [default: 0]."),
+    delay: Optional[str] = typer.Option(None, "--delay", metavar="DURATION", help="Run no sooner than this from now."),
+    at: Optional[str] = typer.Option(None, "--at", metavar="DATETIME", help="Run no sooner than this (ISO 8601, local time unless an offset is given)."),
+    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Attempts before the job fails [default: 5]."),
+    backoff: Optional[str] = typer.Option(None, "--backoff", metavar="DURATION", help="First retry delay, doubled each time [default: 10s]."),
+    backoff_max: Optional[str] = typer.Option(None, "--backoff-max", metavar="DURATION", help="Longest retry delay [default: 1h]."),
+    timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION", help="Time limit of one attempt [default: none]."),
+    unique_key: Optional[str] = typer.Option(None, "--unique-key", metavar="TEXT", help="Create nothing if a live job has this key; print its id."),
+    permanent_exit: Optional[list[int]] = typer.Option(None, "--permanent-exit", metavar="CODE", help="Exit status that fails the job at once (repeatable) [default: 100]."),
+    after: Optional[list[str]] = typer.Option(None, "--after", metavar="ID", help="Run only once this job is done (repeatable)."),
+    batch: Optional[str] = typer.Option(None, "--batch", metavar="FILE", help="Enqueue JSON Lines from FILE (- = stdin), all or nothing."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Enqueue a job; print its id."""
+    from . import times
+
+    api = _spool(ctx, spool)
+    if batch is not None:
+        if command:
+            raise ValidationError("--batch takes no COMMAND")
+        numbered = _read_batch(batch)
+        jobs = api.add_batch([r for _, r in numbered], line_numbers=[n for n, _ in numbered])
+        for job in jobs:
+            if as_json:
+                _print_json({**job.to_dict(), "duplicate": job.duplicate})
+            else:
+                sys.stdout.write(job.id + "\n")
+        return
+    if delay is not None and at is not None:
+        raise ValidationError("give either --delay or --at, not both")
+    if payload is not None and payload_file is not None:
+        raise ValidationError("give either --payload or --payload-file, not both")
+    argv = list(command or [])
+    if shell:
+        if not argv:
+            raise ValidationError("--shell needs a COMMAND string", "COMMAND")
+        argv = ["/bin/sh", "-c", " ".join(argv)]
+    if not argv and name is None:
+        raise ValidationError("missing COMMAND (or --name of a task type in taskq.toml)", "COMMAND")
+    if argv and argv[0] == "":
+        raise ValidationError("empty command", "COMMAND")
+    if cwd is not None and not os.path.isdir(cwd):
+        raise ValidationError(f"no such directory: {cwd}", "--cwd")
+    job = api.add(
+        argv or None,
+        name=name,
+        payload=_parse_payload(payload, payload_file),
+        env=_parse_env(env or []),
+        cwd=cwd,
+        priority=priority,
+        delay=times.parse_duration(delay, "--delay") if delay is not None else None,
+        run_at=times.parse_datetime(at) if at is not None else None,
+        max_attempts=max_attempts,
+        backoff=times.parse_duration(backoff, "--backoff") if backoff is not None else None,
+        backoff_max=times.parse_duration(backoff_max, "--backoff-max") if backoff_max is not None else None,
+        timeout=times.parse_duration(timeout, "--timeout") if timeout is not None else None,
+        unique_key=unique_key,
+        permanent_exit_codes=permanent_exit or None,
+        after=after or None,
+    )
+    if as_json:
+        _print_json({**job.to_dict(), "duplicate": job.duplicate})
+    else:
+        sys.stdout.write(job.id + "\n")
+
+
+def _parse_payload(text: Optional[str], path: Optional[str]) -> Any:
+    option = "--payload"
+    if path is not None:
+        option = "--payload-file"
+        try:
+            if path == "-":
+                raw = sys.stdin.buffer.read()
+            else:
+                with open(path, "rb") as fh:
+                    raw = fh.read()
+        except OSError as exc:
+            raise ValidationError(f"cannot read {path}: {exc.strerror}", option) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError(f"{path} is not UTF-8 text", option) from None
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", option) from None
+    except RecursionError:
+        raise ValidationError("invalid JSON (nested too deeply)", option) from None
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    from .job import ENV_KEY_RE
+
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValidationError(f"{pair!r} is not KEY=VALUE", "--env")
+        if not ENV_KEY_RE.match(key):
+            raise ValidationError(f"invalid variable name {key!r}", "--env")
+        env[key] = value
+    return env
+
+
+def _read_batch(path: str) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+    except OSError as exc:
+        raise ValidationError(f"cannot read {path}: {exc.strerror}", "--batch") from None
+    records = []
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 JSON"
+            raise ValidationError(f"--batch line {number}: invalid JSON ({reason})") from None
+        if not isinstance(record, dict):
+            raise ValidationError(f"--batch line {number}: a job must be a JSON object")
+        records.append((number, record))
+    if not records:
+        raise ValidationError("--batch: no jobs given")
+    return records
+
+
+# -- inspect -----------------------------------------------------------------------------
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    spool: Optional[str] = SpoolOpt,
+    as_json: bool = JsonOpt,
+    watch: bool = typer.Option(False, "--watch", help="Refresh until interrupted."),
+    interval: float = typer.Option(1.0, "--interval", metavar="SECONDS", help="Refresh period of --watch."),
+) -> None:
+    """Counts per state, ready and scheduled jobs, running jobs, latest failures."""
+    api = _spool(ctx, spool)
+    if not watch:
+        data = api.status()
+        if as_json:
+            _print_json(data)
+        else:
+            from .render import print_status
+
+            print_status(data)
+        return
+    if interval <= 0:
+        raise ValidationError("must be > 0", "--interval")
+    api.dir.require()
+    from .render import watch_status
+
+    watch_status(api.status, interval, as_json)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    spool: Optional[str] = SpoolOpt,
+    state: Optional[str] = typer.Option(None, "--state", help="pending, running, done or failed."),
+    limit: int = typer.Option(50, "--limit", help="At most this many jobs (0 = all)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Jobs, newest first."""
+    if limit < 0:
+        raise ValidationError("must be >= 0", "--limit")
+    jobs = _spool(ctx, spool).list(state=state, limit=limit or None)
+    if as_json:
+        _print_json([job.to_dict() for job in jobs])
+        return
+    from .render import print_list
+
+    print_list(jobs)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., metavar="ID"),
+    spool: Optional[str] = SpoolOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """One job, with its attempts."""
+    job = _spool(ctx, spool).get(job_id)
+    if as_json:
+        _print_json(job.to_dict())
+        return
+    from .render import print_job
+
+    print_job(job)
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Console-script entry point: run the app, map errors to exit codes."""
+    try:
+        app()
+    except TaskqError as exc:
+        if os.environ.get("TASKQ_DEBUG") == "1":
+            raise
+        sys.stderr.write(f"taskq: {exc}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # `taskq list | head`: the reader left; not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as exc:
+        if os.environ.get("TASKQ_DEBUG") == "1":
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"taskq: {exc.strerror or exc}{where}\n")
+        sys.exit(1)

@@ -1,0 +1,125 @@
+"""Where the spool is, and what its ``taskq.toml`` says. Pure but for the environment.
+
+``taskq.toml`` (optional, in the spool)::
+
+    fsync = true                 # false trades durability for speed
+    min_free = "16MiB"           # free-space guard; 0 disables
+    kill_grace = 5               # seconds between SIGTERM and SIGKILL
+
+    [defaults]                   # any job field of taskq.job.DEFAULTABLE
+    max_attempts = 3
+    backoff = "30s"
+
+    [tasks.nightly-report]       # a task type: `taskq add --name nightly-report`
+    command = ["/usr/local/bin/report", "--nightly"]   # or a string, run by /bin/sh -c
+    timeout = "1h"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ValidationError
+from .job import DEFAULTABLE, TASK_FIELDS, validate_fields
+
+DEFAULT_MIN_FREE = 16 * 1024 * 1024
+DEFAULT_KILL_GRACE = 5.0
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNIT = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def default_spool() -> str:
+    """``$TASKQ_SPOOL``, else ``${XDG_DATA_HOME:-$HOME/.local/share}/taskq/spool``."""
+    env = os.environ.get("TASKQ_SPOOL")
+    if env:
+        return os.path.abspath(env)
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.abspath(os.path.join(data, "taskq", "spool"))
+
+
+def resolve_spool(path: str | os.PathLike[str] | None) -> str:
+    """The absolute spool path for an explicit ``--spool`` (or None for the default)."""
+    if path is None or os.fspath(path) == "":
+        return default_spool()
+    return os.path.abspath(os.fspath(path))
+
+
+@dataclass
+class Config:
+    """Spool-wide settings from ``taskq.toml``, validated once."""
+
+    fsync: bool = True
+    min_free: int = DEFAULT_MIN_FREE
+    kill_grace: float = DEFAULT_KILL_GRACE
+    defaults: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
+    """Parse and validate ``taskq.toml`` bytes (None = no file). ValidationError names the key."""
+    if raw is None:
+        return Config()
+    try:
+        import tomllib  # noqa: PLC0415 - only spools with a taskq.toml pay for it
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValidationError(f"{where}: invalid TOML: {exc}") from None
+    cfg = Config()
+    known = {"fsync", "min_free", "kill_grace", "defaults", "tasks", "permanent_exit_codes"}
+    for key in data:
+        if key not in known:
+            raise ValidationError(f"{where}: unknown setting {key!r}")
+    if "fsync" in data:
+        if not isinstance(data["fsync"], bool):
+            raise ValidationError(f"{where}: fsync must be true or false")
+        cfg.fsync = data["fsync"]
+    if "min_free" in data:
+        cfg.min_free = parse_size(data["min_free"], f"{where}: min_free")
+    if "kill_grace" in data:
+        cfg.kill_grace = validate_fields({"backoff": data["kill_grace"]})["backoff"]
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise ValidationError(f"{where}: [defaults] must be a table")
+    if "permanent_exit_codes" in data:  # also accepted at top level (CONTRACT §7)
+        defaults = {"permanent_exit_codes": data["permanent_exit_codes"], **defaults}
+    cfg.defaults = _fields(defaults, DEFAULTABLE, f"{where}: [defaults]")
+    tasks = data.get("tasks", {})
+    if not isinstance(tasks, dict):
+        raise ValidationError(f"{where}: [tasks] must be a table of tables")
+    for name, table in tasks.items():
+        if not isinstance(table, dict):
+            raise ValidationError(f"{where}: [tasks.{name}] must be a table")
+        table = dict(table)
+        if isinstance(table.get("command"), str):
+            table["command"] = ["/bin/sh", "-c", table["command"]]
+        if "cwd" in table and isinstance(table["cwd"], str):
+            table["cwd"] = os.path.expanduser(table["cwd"])
+        cfg.tasks[name] = _fields(table, TASK_FIELDS, f"{where}: [tasks.{name}]")
+    return cfg
+
+
+def _fields(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> dict[str, Any]:
+    for key in table:
+        if key not in allowed:
+            raise ValidationError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+    try:
+        return validate_fields(table)
+    except ValidationError as exc:
+        raise ValidationError(f"{where}: {exc}") from None
+
+
+def parse_size(value: object, where: str) -> int:
+    """``0``, ``1048576``, ``16MiB``, ``1G``... into bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    m = _SIZE_RE.match(str(value)) if isinstance(value, str) else None
+    if not m:
+        raise ValidationError(f"{where}: invalid size {value!r} (use e.g. 0, 16MiB, 1G)")
+    unit = (m.group(2) or "").upper().rstrip("B").rstrip("I") or ""
+    return int(m.group(1)) * _SIZE_UNIT[unit or "B"]

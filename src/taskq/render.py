@@ -1,0 +1,198 @@
+"""Output for people. The only module that imports rich, and only on a terminal.
+
+Piped output is plain text (stable enough for grep, but ``--json`` is the interface
+for programs). On a terminal, rich draws tables; it honours ``NO_COLOR`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Any, Callable
+
+from . import times
+from .job import Job
+
+
+def _tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def _local(stamp: str | None) -> str:
+    if not stamp:
+        return "-"
+    return datetime.fromtimestamp(times.parse_iso(stamp)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _command(job: Job) -> str:
+    import shlex
+
+    if job.command[:2] == ["/bin/sh", "-c"] and len(job.command) == 3:
+        return job.command[2]
+    return shlex.join(job.command)
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def status_lines(data: dict[str, Any]) -> list[str]:
+    """The status report as plain lines."""
+    c = data["counts"]
+    lines = [
+        f"spool:     {data['spool']}" + ("  (paused)" if data.get("paused") else ""),
+        f"pending:   {c['pending']}  (ready {data['ready']}, scheduled {data['scheduled']}"
+        + (f", waiting on dependencies {data['waiting']}" if data.get("waiting") else "")
+        + ")",
+        f"running:   {c['running']}",
+        f"done:      {c['done']}",
+        f"failed:    {c['failed']}",
+    ]
+    if data.get("oldest_ready_age") is not None:
+        lines.append(f"oldest ready job: waiting {times.format_duration(data['oldest_ready_age'])}")
+    for r in data.get("running", []):
+        runtime = times.format_duration(r["runtime"]) if r.get("runtime") is not None else "?"
+        lines.append(f"  running {r['id']} {r.get('name') or ''} attempt {r.get('attempt')} for {runtime} on {r.get('worker')}")
+    if data.get("recent_failures"):
+        lines.append("latest failures:")
+        for f in data["recent_failures"]:
+            lines.append(f"  {f['id']} {f.get('name') or ''}: {f.get('last_error') or '?'}")
+    return lines
+
+
+def _status_renderable(data: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    c = data["counts"]
+    counts = Table(title=f"taskq spool {data['spool']}" + (" [bold red](paused)[/]" if data.get("paused") else ""),
+                   title_justify="left")
+    for col in ("pending", "ready", "scheduled", "running", "done", "failed"):
+        counts.add_column(col, justify="right")
+    counts.add_row(str(c["pending"]), str(data["ready"]), str(data["scheduled"]), str(c["running"]),
+                   f"[green]{c['done']}[/]", f"[red]{c['failed']}[/]" if c["failed"] else "0")
+    parts: list[Any] = [counts]
+    if data.get("oldest_ready_age") is not None:
+        parts.append(f"oldest ready job waiting {times.format_duration(data['oldest_ready_age'])}")
+    if data.get("running"):
+        t = Table(title="running", title_justify="left")
+        for col in ("id", "name", "attempt", "runtime", "worker"):
+            t.add_column(col)
+        for r in data["running"]:
+            runtime = times.format_duration(r["runtime"]) if r.get("runtime") is not None else "?"
+            t.add_row(r["id"], r.get("name") or "", str(r.get("attempt")), runtime, r.get("worker") or "")
+        parts.append(t)
+    if data.get("recent_failures"):
+        t = Table(title="latest failures", title_justify="left")
+        for col in ("id", "name", "last error"):
+            t.add_column(col)
+        for f in data["recent_failures"]:
+            t.add_row(f["id"], f.get("name") or "", f.get("last_error") or "")
+        parts.append(t)
+    return Group(*parts)
+
+
+def print_status(data: dict[str, Any]) -> None:
+    if not _tty():
+        sys.stdout.write("\n".join(status_lines(data)) + "\n")
+        return
+    from rich.console import Console
+
+    Console().print(_status_renderable(data))
+
+
+def watch_status(fetch: Callable[[], dict[str, Any]], interval: float, as_json: bool) -> None:
+    """Print the status every *interval* seconds until interrupted (exit 0)."""
+    try:
+        if _tty() and not as_json:
+            from rich.live import Live
+
+            with Live(_status_renderable(fetch()), auto_refresh=False) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(_status_renderable(fetch()), refresh=True)
+        while True:
+            data = fetch()
+            if as_json:
+                sys.stdout.write(json.dumps(data) + "\n")
+            else:
+                sys.stdout.write("\n".join(status_lines(data)) + "\n\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+# -- list, show --------------------------------------------------------------------------
+
+
+def print_list(jobs: list[Job]) -> None:
+    header = ("ID", "STATE", "PRIO", "TRIES", "CREATED", "NAME", "COMMAND")
+    rows = [
+        (j.id, j.state or "", str(j.priority), str(len(j.attempts)), _local(j.created_at),
+         j.name or "", _command(j) if j.command else f"({j.last_error})")
+        for j in jobs
+    ]
+    if not _tty():
+        for row in rows:
+            sys.stdout.write("\t".join(row) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in header:
+        table.add_column(col, overflow="fold" if col == "COMMAND" else None)
+    style = {"done": "green", "failed": "red", "running": "yellow"}
+    for row in rows:
+        table.add_row(*row, style=style.get(row[1]))
+    Console().print(table)
+
+
+def job_lines(job: Job) -> list[str]:
+    lines = [
+        f"id:           {job.id}",
+        f"state:        {job.state}",
+        f"name:         {job.name or '-'}",
+        f"command:      {_command(job) if job.command else '-'}",
+        f"cwd:          {job.cwd}",
+        f"priority:     {job.priority}",
+        f"created:      {_local(job.created_at)}",
+        f"run at:       {_local(job.run_at)}",
+        f"attempts:     {job.failures} of {job.max_attempts} used ({len(job.attempts)} runs in all)",
+        f"timeout:      {times.format_duration(job.timeout) if job.timeout else 'none'}",
+        f"backoff:      {times.format_duration(job.backoff)} doubling to {times.format_duration(job.backoff_max)}",
+    ]
+    if job.payload is not None:
+        text = json.dumps(job.payload, ensure_ascii=False)
+        lines.append(f"payload:      {text if len(text) <= 200 else text[:200] + '...'}")
+    if job.env:
+        lines.append("env:          " + " ".join(f"{k}={v}" for k, v in job.env.items()))
+    if job.unique_key:
+        lines.append(f"unique key:   {job.unique_key}")
+    if job.after:
+        lines.append(f"after:        {' '.join(job.after)}")
+    if job.permanent_exit_codes != [100]:
+        lines.append(f"permanent exit codes: {job.permanent_exit_codes}")
+    if job.settled_at:
+        lines.append(f"settled:      {_local(job.settled_at)}")
+    if job.last_error:
+        lines.append(f"last error:   {job.last_error}")
+    for a in job.attempts:
+        if a.finished_at is None:
+            outcome = "running"
+        elif a.timed_out:
+            outcome = f"timed out (signal {a.signal})"
+        elif a.error:
+            outcome = a.error
+        elif a.signal is not None:
+            outcome = f"killed by signal {a.signal}"
+        else:
+            outcome = f"exit {a.exit_code}"
+        lines.append(f"  attempt {a.number}: {_local(a.started_at)} -> {_local(a.finished_at)} {outcome} [{a.worker}]")
+    return lines
+
+
+def print_job(job: Job) -> None:
+    sys.stdout.write("\n".join(job_lines(job)) + "\n")
