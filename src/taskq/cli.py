@@ -199,6 +199,36 @@ def _read_batch(path: str) -> list[tuple[int, dict[str, Any]]]:
     return records
 
 
+# -- work --------------------------------------------------------------------------------
+
+
+@app.command()
+def work(
+    ctx: typer.Context,
+    spool: Optional[str] = SpoolOpt,
+    concurrency: int = typer.Option(1, "--concurrency", "-c", help="Jobs run at once."),
+    burst: bool = typer.Option(False, "--burst", help="Exit once no job is ready and none is running."),
+    max_jobs: Optional[int] = typer.Option(None, "--max-jobs", help="Exit after this many jobs."),
+    grace: str = typer.Option("30s", "--grace", metavar="DURATION", help="How long a stop waits for running jobs."),
+) -> None:
+    """Run jobs until stopped (SIGTERM/SIGINT: finish or return running jobs, exit 0)."""
+    from . import times
+    from .worker import Worker
+
+    if concurrency < 1:
+        raise ValidationError("must be >= 1", "--concurrency")
+    if max_jobs is not None and max_jobs < 1:
+        raise ValidationError("must be >= 1", "--max-jobs")
+    worker = Worker(
+        _spool(ctx, spool),
+        concurrency=concurrency,
+        burst=burst,
+        max_jobs=max_jobs,
+        grace=times.parse_duration(grace, "--grace"),
+    )
+    raise typer.Exit(worker.run())
+
+
 # -- inspect -----------------------------------------------------------------------------
 
 

@@ -464,5 +464,30 @@ class SpoolDir:
     def log_path(self, job_id: str) -> str:
         return self.path("logs", f"{job_id}.log")
 
+    def open_log(self, job_id: str) -> int:
+        """Open the job's log for appending (created 0600; never through a symlink)."""
+        path = self.log_path(job_id)
+        try:
+            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            raise self._error("open log", path, exc) from None
+
+    def clean_tmp(self, cutoff: float) -> list[str]:
+        """Remove staging files last modified before *cutoff*: left-overs of writers
+        that died between writing and renaming (no live writer takes that long)."""
+        removed = []
+        try:
+            with os.scandir(self.dir("tmp")) as it:
+                for entry in it:
+                    try:
+                        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.path)
+                            removed.append(entry.name)
+                    except OSError:
+                        continue
+        except OSError:
+            pass
+        return removed
+
     def config_path(self) -> str:
         return os.path.join(self.root, CONFIG_FILE)

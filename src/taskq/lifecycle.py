@@ -1,0 +1,284 @@
+"""A job's state changes on the worker side: claim → start → settle, recovery of jobs
+whose worker died, normalisation of drop-in files, quarantine of files that are not
+jobs, and failing the dependents of failed jobs.
+
+Each change keeps the spool's invariant: a job file is in exactly one state directory
+at every instant. When the record changes with the state, the new record is first
+written over the file where it is (stage in tmp/, fsync, rename, fsync), then the file
+is renamed into its new directory. A crash between the two leaves the job in running/
+with its outcome recorded; recovery finishes the move (see :func:`recover`).
+
+Every change of a job is made while holding its run lock (``running/ID.lock``), which
+is taken *before* the claim's rename: whoever holds it owns the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+
+from . import times
+from .errors import SpoolError, ValidationError
+from .job import Attempt, Job, build, check_id, new_id, parse_json_bytes
+from .policy import WORKER_LOST, Decision, Outcome, decide
+from .spool import Lock, PendingName, SpoolDir, pending_name
+
+HOSTNAME = socket.gethostname()
+
+
+def worker_name() -> str:
+    """``host:pid``, recorded in each attempt."""
+    return f"{HOSTNAME}:{os.getpid()}"
+
+
+@dataclass
+class Claimed:
+    """A job this process owns: it is in running/ and we hold its run lock."""
+
+    job: Job
+    lock: Lock
+
+
+def job_file(job_id: str) -> str:
+    return f"{job_id}.json"
+
+
+def pending_file(job: Job) -> str:
+    return pending_name(job.id, job.priority, times.name_key(job.run_at_ts), bool(job.after))
+
+
+def claim(sd: SpoolDir, entry: PendingName) -> Claimed | None:
+    """Claim one pending job: lock, rename pending → running, read it.
+
+    Returns None when another worker got there first, or when the file turned out
+    not to be a valid job (it is then moved to failed/ with the reason beside it).
+    """
+    lock = sd.lock_job(entry.id)
+    if lock is None:
+        return None
+    try:
+        sd.move("pending", entry.name, "running", job_file(entry.id))
+    except FileNotFoundError:
+        lock.release(remove=True)
+        return None
+    except SpoolError:
+        lock.release(remove=True)
+        raise
+    try:
+        job = _read_job(sd, "running", job_file(entry.id))
+        if job.id != entry.id:
+            raise ValidationError(f"id {job.id!r} in the file does not match its name")
+    except (ValidationError, SpoolError) as exc:
+        try:
+            quarantine(sd, "running", job_file(entry.id), entry.id, str(exc))
+        finally:
+            lock.release(remove=True)
+        return None
+    job.state = "running"
+    return Claimed(job, lock)
+
+
+def start_attempt(sd: SpoolDir, claimed: Claimed, now: float) -> Attempt:
+    """Record a new attempt (not finished) in the running job's file."""
+    job = claimed.job
+    attempt = Attempt(number=len(job.attempts) + 1, started_at=times.iso(now), worker=worker_name())
+    job.attempts.append(attempt)
+    try:
+        sd.write("running", job_file(job.id), job.to_bytes())
+    except SpoolError:
+        job.attempts.pop()
+        raise
+    return attempt
+
+
+def settle(sd: SpoolDir, claimed: Claimed, outcome: Outcome, now: float, jitter: float) -> Decision:
+    """Record how the current attempt ended, decide, and move the job (done/, failed/,
+    or back to pending/ at its retry time). Releases the run lock."""
+    job = claimed.job
+    try:
+        attempt = job.attempts[-1]
+        attempt.finished_at = times.iso(now)
+        attempt.exit_code = outcome.exit_code
+        attempt.signal = outcome.signal
+        attempt.timed_out = outcome.timed_out
+        attempt.error = outcome.error
+        decision = decide(job, outcome, now, jitter)
+        apply(sd, job, decision, now)
+        return decision
+    finally:
+        claimed.lock.release(remove=True)
+
+
+def apply(sd: SpoolDir, job: Job, decision: Decision, now: float) -> None:
+    """Write *job* updated by *decision* in running/, then move it to its new state."""
+    current = job_file(job.id)
+    job.last_error = decision.last_error
+    if decision.state == "pending":
+        job.run_at = times.iso(decision.run_at if decision.run_at is not None else now)
+        job.settled_at = None
+        dest_state, dest_name = "pending", pending_file(job)
+    else:
+        job.settled_at = times.iso(now)
+        dest_state, dest_name = decision.state, current
+    sd.write("running", current, job.to_bytes())
+    sd.move("running", current, dest_state, dest_name)
+    job.state = dest_state
+
+
+def recover(sd: SpoolDir, job_id: str, now: float, jitter: float) -> tuple[str, Decision] | None:
+    """Recover running/ID.json if nobody owns it any more (its run lock is free: no
+    worker and no process of the attempt is alive). Returns what was done, or None
+    when the job is alive or already gone.
+
+    * an attempt in progress is closed as "worker lost" (it counts) and the job goes
+      through the retry policy;
+    * an attempt that had finished (the worker died while settling) is settled by its
+      recorded outcome;
+    * a job claimed but never started goes back to pending as it was.
+    """
+    lock = sd.lock_job(job_id)
+    if lock is None:
+        return None
+    try:
+        name = job_file(job_id)
+        if not sd.has("running", name):
+            return None
+        try:
+            job = _read_job(sd, "running", name)
+        except (ValidationError, SpoolError) as exc:
+            quarantine(sd, "running", name, job_id, str(exc))
+            return "quarantined", Decision("failed", last_error=str(exc))
+        current = job.current_attempt
+        if current is not None:
+            current.finished_at = times.iso(now)
+            current.error = WORKER_LOST
+            decision = decide(job, Outcome(error=WORKER_LOST), now, jitter)
+            what = "worker lost"
+        elif job.budget_attempts:
+            last = job.budget_attempts[-1]
+            outcome = Outcome(last.exit_code, last.signal, last.timed_out, last.error)
+            decision = decide(job, outcome, times.parse_iso(last.finished_at or job.run_at), jitter)
+            what = "settled"
+        else:
+            decision = Decision("pending", run_at=job.run_at_ts, last_error=job.last_error)
+            what = "returned"
+        apply(sd, job, decision, now)
+        return what, decision
+    finally:
+        lock.release(remove=True)
+
+
+def normalise(sd: SpoolDir, name: str, now: float, default_cwd: str,
+              defaults: dict, tasks: dict) -> Job | None:
+    """Turn a drop-in file (any ``*.json`` name in pending/) into a job with an id and a
+    proper name, filling defaults. A file that is not a valid job goes to failed/.
+    Returns the job (now pending), or None (lost a race, or quarantined)."""
+    try:
+        data = parse_json_bytes(sd.read("pending", name))
+        given = data.get("id") if isinstance(data, dict) else None
+    except FileNotFoundError:
+        return None
+    except (ValidationError, SpoolError):
+        given = None
+    job_id = given if isinstance(given, str) and _valid_id(given) and not sd.locate(given) else new_id(now)
+    lock = sd.lock_job(job_id)
+    if lock is None:
+        return None
+    try:
+        current = job_file(job_id)
+        try:
+            sd.move("pending", name, "running", current)
+        except FileNotFoundError:
+            return None
+        try:
+            data = parse_json_bytes(sd.read("running", current))
+            if not isinstance(data, dict):
+                raise ValidationError("a job must be a JSON object")
+            data["id"] = job_id
+            if all(k in data for k in ("cwd", "created_at", "run_at")):
+                job = Job.from_record(data)  # a complete record, e.g. moved back by hand
+            else:
+                job = build(data, now=now, default_cwd=default_cwd, defaults=defaults, tasks=tasks)
+        except (ValidationError, SpoolError) as exc:
+            quarantine(sd, "running", current, job_id, str(exc), original=name)
+            return None
+        sd.write("running", current, job.to_bytes())
+        sd.move("running", current, "pending", pending_file(job))
+        job.state = "pending"
+        return job
+    finally:
+        lock.release(remove=True)
+
+
+def quarantine(sd: SpoolDir, state: str, name: str, job_id: str, why: str,
+               original: str | None = None) -> str:
+    """Move a file that is not a valid job to failed/, bytes untouched, with the
+    reason in ``failed/ID.reason`` beside it. Returns the id it is filed under."""
+    if sd.has("failed", job_file(job_id)):
+        job_id = new_id()
+    reason = {
+        "last_error": f"invalid job file: {why}",
+        "original_name": original or name,
+        "settled_at": times.iso(times.now()),
+    }
+    sd.write("failed", f"{job_id}.reason", json.dumps(reason).encode() + b"\n", tag="reason")
+    sd.move(state, name, "failed", job_file(job_id))
+    return job_id
+
+
+def dependency_state(sd: SpoolDir, job: Job) -> tuple[str, str | None]:
+    """``("ready", None)`` when every job in ``after`` is done, ``("waiting", id)``
+    while one is not settled, ``("failed", id)`` when one failed or does not exist."""
+    for dep in job.after:
+        if sd.has("done", job_file(dep)):
+            continue
+        if sd.has("failed", job_file(dep)):
+            return "failed", dep
+        if sd.locate(dep) is None:
+            return "failed", dep
+        return "waiting", dep
+    return "ready", None
+
+
+def fail_dependent(sd: SpoolDir, entry: PendingName, dep: str, now: float) -> bool:
+    """Move a pending job whose dependency *dep* failed to failed/."""
+    lock = sd.lock_job(entry.id)
+    if lock is None:
+        return False
+    try:
+        current = job_file(entry.id)
+        try:
+            sd.move("pending", entry.name, "running", current)
+        except FileNotFoundError:
+            return False
+        try:
+            job = _read_job(sd, "running", current)
+        except (ValidationError, SpoolError) as exc:
+            quarantine(sd, "running", current, entry.id, str(exc))
+            return True
+        apply(sd, job, Decision("failed", last_error=f"dependency {dep} failed"), now)
+        return True
+    finally:
+        lock.release(remove=True)
+
+
+def read_pending(sd: SpoolDir, entry: PendingName) -> Job | None:
+    """Read a pending job without claiming it (None if gone or unreadable)."""
+    try:
+        return _read_job(sd, "pending", entry.name)
+    except (FileNotFoundError, ValidationError, SpoolError):
+        return None
+
+
+def _read_job(sd: SpoolDir, state: str, name: str) -> Job:
+    return Job.from_bytes(sd.read(state, name))
+
+
+def _valid_id(value: str) -> bool:
+    try:
+        check_id(value)
+        return True
+    except ValidationError:
+        return False

@@ -1,0 +1,232 @@
+"""Run one attempt of a job as its own process group and report how it ended.
+
+The command runs without a shell, in a new session (so it is the leader of its own
+process group and a terminal's Ctrl-C reaches only the worker), with:
+
+* the worker's environment + the job's ``env`` + ``TASKQ_*`` variables;
+* stdin = the payload as JSON through a pipe, or /dev/null;
+* stdout and stderr appended to the job's log (the caller writes the header line);
+* the job's run-lock descriptor inherited, so the lock stays held while any process
+  of the attempt lives (crash recovery relies on it).
+
+Stopping (timeout, shutdown, cancel): SIGTERM to the group, SIGKILL ``kill_grace``
+seconds later. When the main process exits, whatever it left in its group is stopped
+the same way, so nothing of an attempt outlives it (processes that leave the group on
+purpose, with setsid or by daemonising, are out of reach).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .job import Job
+from .policy import CANCELLED, INTERRUPTED, Outcome
+
+POLL = 0.1
+
+
+@dataclass
+class Control:
+    """Requests from the worker to a running attempt (set from other threads)."""
+
+    interrupt: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    #: Skip the grace period: SIGKILL at once (a second Ctrl-C).
+    hard: threading.Event = field(default_factory=threading.Event)
+
+
+def job_environment(job: Job, attempt: int, spool_path: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The command's environment: *base* (the worker's), the job's env, TASKQ_*."""
+    env = dict(os.environ if base is None else base)
+    env.update(job.env)
+    env.update(
+        TASKQ_JOB_ID=job.id,
+        TASKQ_JOB_NAME=job.name or "",
+        TASKQ_ATTEMPT=str(attempt),
+        TASKQ_MAX_ATTEMPTS=str(job.max_attempts),
+        TASKQ_SPOOL=spool_path,
+    )
+    return env
+
+
+def run_attempt(
+    job: Job,
+    attempt: int,
+    spool_path: str,
+    log_fd: int,
+    lock_fd: int,
+    kill_grace: float,
+    control: Control,
+) -> Outcome:
+    """Run the job's command once; block until it and its process group are gone."""
+    if not os.path.isdir(job.cwd):
+        return Outcome(error=f"cannot start: working directory {job.cwd} not found")
+    env = job_environment(job, attempt, spool_path)
+    has_payload = job.payload is not None
+    try:
+        proc = subprocess.Popen(
+            job.command,
+            cwd=job.cwd,
+            env=env,
+            stdin=subprocess.PIPE if has_payload else subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            start_new_session=True,
+            pass_fds=(lock_fd,),
+            close_fds=True,
+        )
+    except FileNotFoundError:
+        return Outcome(error=f"cannot start: command not found: {job.command[0]}")
+    except PermissionError:
+        return Outcome(error=f"cannot start: permission denied: {job.command[0]}")
+    except OSError as exc:
+        return Outcome(error=f"cannot start {job.command[0]}: {exc.strerror or exc}")
+    if has_payload:
+        _feed(proc, job.payload)
+    deadline = time.monotonic() + job.timeout if job.timeout else None
+    stop_reason: str | None = None
+    timed_out = False
+    while True:
+        try:
+            proc.wait(timeout=POLL)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if stop_reason is None:
+            if control.cancel.is_set():
+                stop_reason = CANCELLED
+            elif control.interrupt.is_set():
+                stop_reason = INTERRUPTED
+            elif deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                stop_reason = "timeout"
+            if stop_reason is not None:
+                _stop_group(proc, kill_grace, control)
+                break
+    code = proc.wait()
+    # The main process is gone; stop what it left behind in its group.
+    _stop_group(proc, kill_grace, control)
+    sig = -code if code < 0 else None
+    exit_code = code if code >= 0 else None
+    if timed_out:
+        return Outcome(exit_code=None, signal=sig or signal.SIGKILL, timed_out=True)
+    if stop_reason in (CANCELLED, INTERRUPTED):
+        return Outcome(exit_code=exit_code, signal=sig, error=stop_reason)
+    return Outcome(exit_code=exit_code, signal=sig)
+
+
+def _feed(proc: subprocess.Popen[Any], payload: Any) -> None:
+    """Write the payload to the command's stdin from a thread: a command that never
+    reads it must not block the worker."""
+    data = json.dumps(payload, ensure_ascii=False).encode()
+
+    def write() -> None:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(data)
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+    threading.Thread(target=write, daemon=True, name="taskq-stdin").start()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in the group *pgid*."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member changed its uid: it still exists
+        return True
+    # killpg also reaches zombies, which hold nothing and die with their reaper; on
+    # Linux, look for a member that is not one.
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return True
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _reap_group(pgid: int) -> None:
+    """Reap zombie members of the group that were re-parented to this worker (it is a
+    child subreaper). Only called once the group's leader has been reaped by Popen,
+    so no Popen loses its child's status."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def become_subreaper() -> None:
+    """Have orphaned processes of jobs re-parented to this process (Linux), so that the
+    worker can reap them: some PID 1s (containers) never do."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop_group(proc: subprocess.Popen[Any], kill_grace: float, control: Control) -> None:
+    """SIGTERM the attempt's process group, then SIGKILL it after *kill_grace* seconds
+    (at once when a hard stop was asked for); return when the group is empty."""
+    pgid = proc.pid
+    if proc.returncode is not None:
+        _reap_group(pgid)
+    if not _group_alive(pgid):
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL if control.hard.is_set() else signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + kill_grace
+    while _group_alive(pgid):
+        if proc.returncode is None:
+            try:
+                proc.wait(timeout=POLL)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            _reap_group(pgid)
+            time.sleep(0.02)
+        if time.monotonic() >= end or control.hard.is_set():
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            end = float("inf")
+            # Members of the group that are zombies (not our children) stay visible to
+            # killpg until their parent reaps them; give up after a short wait.
+            for _ in range(50):
+                if proc.returncode is None:
+                    try:
+                        proc.wait(timeout=POLL)
+                    except subprocess.TimeoutExpired:
+                        continue
+                _reap_group(pgid)
+                if not _group_alive(pgid):
+                    break
+                time.sleep(0.02)
+            break
