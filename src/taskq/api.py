@@ -228,6 +228,23 @@ class Spool:
                 raise
             raise self.dir._error("rename into", self.dir.dir("pending"), exc) from None
 
+    # -- manage ----------------------------------------------------------------------
+
+    def pause(self) -> bool:
+        """Stop workers from claiming (running jobs go on). Idempotent; returns whether
+        the spool was paused already. Raises NoSpoolError if there is no spool."""
+        self.dir.require()
+        was = self.dir.is_paused()
+        self.dir.set_paused(True)
+        return was
+
+    def resume(self) -> bool:
+        """Let workers claim again. Idempotent; returns whether the spool was paused."""
+        self.dir.require()
+        was = self.dir.is_paused()
+        self.dir.set_paused(False)
+        return was
+
     # -- read --------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
@@ -284,7 +301,7 @@ class Spool:
         names = {st: self.dir.names(st) for st in STATES}
         done_ids = None
         ready = scheduled = waiting = 0
-        oldest: float | None = None
+        oldest_id: str | None = None
         for name in names["pending"]:
             parsed = parse_pending_name(name)
             if parsed is None:  # a drop-in file not yet normalised: ready at once
@@ -300,9 +317,10 @@ class Spool:
                     waiting += 1
                     continue
             ready += 1
-            created = id_time(parsed.id)
-            if created is not None and (oldest is None or created < oldest):
-                oldest = created
+            # Generated ids sort by creation time: only the smallest needs decoding.
+            if len(parsed.id) == 26 and (oldest_id is None or parsed.id < oldest_id):
+                oldest_id = parsed.id
+        oldest = id_time(oldest_id) if oldest_id else None
         running = []
         for name in sorted(names["running"]):
             try:

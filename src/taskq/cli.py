@@ -296,6 +296,22 @@ def show(
     print_job(job)
 
 
+@app.command()
+def pause(ctx: typer.Context, spool: Optional[str] = SpoolOpt) -> None:
+    """Stop workers from claiming jobs (running jobs go on)."""
+    api = _spool(ctx, spool)
+    was = api.pause()
+    sys.stderr.write(f"spool {api.path} {'was already' if was else 'is now'} paused\n")
+
+
+@app.command()
+def resume(ctx: typer.Context, spool: Optional[str] = SpoolOpt) -> None:
+    """Let workers claim jobs again."""
+    api = _spool(ctx, spool)
+    was = api.resume()
+    sys.stderr.write(f"spool {api.path} {'is resumed' if was else 'was not paused'}\n")
+
+
 # -- entry point -------------------------------------------------------------------------
 
 

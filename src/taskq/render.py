@@ -135,6 +135,7 @@ def print_list(jobs: list[Job]) -> None:
         for j in jobs
     ]
     if not _tty():
+        sys.stdout.write("\t".join(header) + "\n")
         for row in rows:
             sys.stdout.write("\t".join(row) + "\n")
         return

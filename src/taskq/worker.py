@@ -407,7 +407,8 @@ class Worker:
                 claimed.lock.release(remove=False)
                 return
             name = f" ({job.name})" if job.name else ""
-            self.event(f"claimed {job.id}{name} attempt {attempt.number} (of {job.max_attempts - job.failures} left)")
+            self.event(f"claimed {job.id}{name} attempt {attempt.number}"
+                       f" (try {job.failures + 1} of {job.max_attempts})")
             try:
                 log_fd = self.sd.open_log(job.id)
             except SpoolError as exc:
