@@ -245,6 +245,114 @@ class Spool:
         self.dir.set_paused(False)
         return was
 
+    def wait(self, job_ids: Sequence[str], timeout: float | None = None) -> dict[str, str]:
+        """Block until every job is settled (done/ or failed/); return id → state.
+
+        Raises ValidationError for an invalid id, JobNotFoundError for an unknown one
+        (checked before waiting), and TimeoutError when *timeout* seconds pass first.
+        """
+        for job_id in job_ids:
+            check_id(job_id)
+        self.dir.require()
+        for job_id in job_ids:
+            if self.dir.locate(job_id) is None:
+                raise JobNotFoundError(job_id)
+        from .watch import Watcher  # noqa: PLC0415
+
+        watcher = Watcher()
+        for state in ("done", "failed"):
+            watcher.add(self.dir.dir(state), state, added_only=True)
+        deadline = None if timeout is None else times.now() + timeout
+        settled: dict[str, str] = {}
+        try:
+            while True:
+                for job_id in job_ids:
+                    if job_id in settled:
+                        continue
+                    for state in ("done", "failed"):
+                        if self.dir.has(state, f"{job_id}.json"):
+                            settled[job_id] = state
+                if len(settled) == len(set(job_ids)):
+                    return settled
+                left = None if deadline is None else deadline - times.now()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"{len(set(job_ids)) - len(settled)} job(s) not settled")
+                # inotify wakes us at once; the timeout bounds a missed event.
+                step = 1.0 if watcher.available else 0.1
+                if left is not None:
+                    step = min(step, left)
+                if watcher.available:
+                    import select  # noqa: PLC0415
+
+                    if select.select([watcher.fd], [], [], step)[0]:
+                        watcher.read()
+                else:
+                    import time  # noqa: PLC0415
+
+                    time.sleep(step)
+        finally:
+            watcher.close()
+
+    def explain(self, job_id: str, now: float | None = None) -> dict[str, Any]:
+        """Why the job is where it is: ``{"id", "state", "reason", "until"?}`` with
+        ``reason`` a plain sentence and ``until`` the time it is waiting for, if any."""
+        job = self.get(job_id)
+        now = times.now() if now is None else now
+        out: dict[str, Any] = {"id": job.id, "state": job.state}
+        attempts = len(job.attempts)
+        if job.state == "done":
+            out["reason"] = f"done at {_local(job.settled_at)} after {_plural(attempts, 'attempt')}."
+        elif job.state == "failed":
+            why = job.last_error or "unknown reason"
+            if job.extra.get("unreadable"):
+                out["reason"] = f"failed: the file is not a valid job ({why})."
+            elif why == "cancelled":
+                out["reason"] = f"cancelled at {_local(job.settled_at)}."
+            elif why.startswith("dependency "):
+                out["reason"] = f"failed at {_local(job.settled_at)}: {why}."
+            else:
+                out["reason"] = (f"failed at {_local(job.settled_at)} after "
+                                 f"{_plural(job.failures, 'counted attempt')} of {job.max_attempts}: {why}.")
+        elif job.state == "running":
+            current = job.current_attempt
+            if current is None:
+                out["reason"] = "claimed by a worker, starting or settling."
+            else:
+                out["reason"] = (f"running since {_local(current.started_at)} (attempt {current.number}, "
+                                 f"worker {current.worker}).")
+                if job.timeout:
+                    until = times.parse_iso(current.started_at) + job.timeout
+                    out["reason"] += f" Its time limit ends at {_local(times.iso(until))}."
+                    out["until"] = times.iso(until)
+        else:
+            out.update(self._explain_pending(job, now))
+        return out
+
+    def _explain_pending(self, job: Job, now: float) -> dict[str, Any]:
+        if job.run_at_ts > now:
+            last = job.budget_attempts[-1] if job.budget_attempts else None
+            if last is not None and last.counted:
+                reason = (f"backing off after attempt {last.number} ({job.last_error}); "
+                          f"runs again at {_local(job.run_at)}.")
+            else:
+                reason = f"scheduled: waiting until {_local(job.run_at)}."
+            return {"reason": reason, "until": job.run_at}
+        for dep in job.after:
+            found = self.dir.locate(dep)
+            state = found[0] if found else None
+            if state == "done":
+                continue
+            if state == "failed" or state is None:
+                what = "failed" if state else "does not exist"
+                return {"reason": f"dependency {dep} {what}: a worker will move this job to failed/."}
+            return {"reason": f"blocked by dependency {dep}, which is {state}."}
+        if self.dir.is_paused():
+            return {"reason": "ready, but the spool is paused (taskq resume)."}
+        limit = self.config.min_free
+        if limit and self.dir.free_bytes() < limit:
+            return {"reason": "ready, but free space is below min_free: workers do not claim."}
+        return {"reason": "ready: waiting for a worker."}
+
     # -- read --------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
@@ -396,6 +504,19 @@ class Spool:
 
 def _pending_name(job: Job) -> str:
     return pending_name(job.id, job.priority, times.name_key(job.run_at_ts), bool(job.after))
+
+
+def _local(stamp: str | None) -> str:
+    """A record's timestamp as local time, for sentences."""
+    if not stamp:
+        return "an unknown time"
+    import time  # noqa: PLC0415
+
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(times.parse_iso(stamp)))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _id_of(state: str, name: str) -> str | None:

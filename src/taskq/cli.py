@@ -296,6 +296,45 @@ def show(
     print_job(job)
 
 
+@app.command("wait")
+def wait_(
+    ctx: typer.Context,
+    job_ids: list[str] = typer.Argument(..., metavar="ID..."),
+    spool: Optional[str] = SpoolOpt,
+    timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION", help="Give up after this long (exit 124)."),
+) -> None:
+    """Block until the jobs are settled: exit 0 all done, 1 any failed, 124 on timeout."""
+    from . import times
+    from .errors import JobNotFoundError
+
+    limit = times.parse_duration(timeout, "--timeout") if timeout is not None else None
+    try:
+        states = _spool(ctx, spool).wait(job_ids, timeout=limit)
+    except JobNotFoundError as exc:
+        _fail(str(exc), 2)  # 1 only ever means "a job failed"
+    except TimeoutError as exc:
+        _fail(f"timed out: {exc}", 124)
+    failed = [job_id for job_id, state in states.items() if state == "failed"]
+    for job_id in failed:
+        sys.stderr.write(f"taskq: job {job_id} failed\n")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def explain(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., metavar="ID"),
+    spool: Optional[str] = SpoolOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Why a job is where it is."""
+    data = _spool(ctx, spool).explain(job_id)
+    if as_json:
+        _print_json(data)
+    else:
+        sys.stdout.write(f"{data['id']} is {data['state']}: {data['reason']}\n")
+
+
 @app.command()
 def pause(ctx: typer.Context, spool: Optional[str] = SpoolOpt) -> None:
     """Stop workers from claiming jobs (running jobs go on)."""
