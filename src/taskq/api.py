@@ -21,10 +21,12 @@ from .errors import (
     DiskFullError,
     JobNotFoundError,
     SpoolError,
+    StateConflictError,
     ValidationError,
 )
 from .job import STATES, Job, build, check_id, id_time, parse_json_bytes
-from .spool import Lock, SpoolDir, parse_pending_name, pending_name
+from .lifecycle import cancel_file, cancel_owned, pending_file
+from .spool import Lock, SpoolDir, parse_pending_name
 
 #: Fields a producer may set in ``add --batch`` lines and drop-in files.
 LIVE_STATES = ("pending", "running", "done")
@@ -207,7 +209,7 @@ class Spool:
         staged: list[tuple[str, str]] = []
         try:
             for job in jobs:
-                staged.append((self.dir.stage(job.to_bytes()), _pending_name(job)))
+                staged.append((self.dir.stage(job.to_bytes()), pending_file(job)))
         except SpoolError:
             for path, _ in staged:
                 self.dir._discard(path)
@@ -244,6 +246,146 @@ class Spool:
         was = self.dir.is_paused()
         self.dir.set_paused(False)
         return was
+
+    def retry(self, job_ids: Sequence[str]) -> list[Job]:
+        """Put failed jobs back to pending/, ready now, with a fresh budget of
+        ``max_attempts`` (earlier attempts stay in the history).
+
+        Raises JobNotFoundError, StateConflictError (not in failed/, not a valid job
+        file, or its unique key is now held by another live job: the message names it).
+        """
+        for job_id in job_ids:
+            check_id(job_id)
+        self.dir.require()
+        return [self._retry_one(job_id, times.now()) for job_id in job_ids]
+
+    def failed_ids(self) -> list[str]:
+        """Ids of the jobs in failed/ (for ``retry --all``)."""
+        self.dir.require()
+        return sorted(name[:-5] for name in self.dir.names("failed"))
+
+    def _retry_one(self, job_id: str, now: float) -> Job:
+        lock = self.dir.lock_job(job_id)
+        if lock is None:
+            raise StateConflictError(f"job {job_id} is busy (being claimed or run)")
+        key_lock: Lock | None = None
+        try:
+            if not self.dir.has("failed", f"{job_id}.json"):
+                found = self.dir.locate(job_id)
+                if found is None:
+                    raise JobNotFoundError(job_id)
+                raise StateConflictError(f"job {job_id} is {found[0]}, not failed")
+            try:
+                job = Job.from_bytes(self.dir.read("failed", f"{job_id}.json"))
+            except ValidationError as exc:
+                raise StateConflictError(f"job {job_id} is not a valid job file ({exc}); fix it or purge it") from None
+            if job.unique_key:
+                key_lock = self.dir.lock_key(job.unique_key)
+                holder = self._key_holder(key_lock)
+                if holder is not None and holder.id != job_id:
+                    raise StateConflictError(
+                        f"job {job_id}: unique key {job.unique_key!r} is held by job {holder.id} ({holder.state})")
+                self.dir.write_lock_file(key_lock, job_id)
+            job.budget_start = len(job.attempts)
+            job.run_at = times.iso(now)
+            job.settled_at = None
+            self.dir.write("failed", f"{job_id}.json", job.to_bytes())
+            self.dir.move("failed", f"{job_id}.json", "pending", pending_file(job))
+            job.state = "pending"
+            return job
+        finally:
+            if key_lock is not None:
+                key_lock.release(remove=False)
+            lock.release(remove=True)
+
+    def cancel(self, job_ids: Sequence[str], wait: float = 10.0) -> list[Job]:
+        """Cancel jobs: a pending one goes to failed/ with ``last_error`` "cancelled";
+        a running one is stopped like a timeout (its worker SIGTERMs its process
+        group, SIGKILL after ``kill_grace``) and goes there too. Waits up to *wait*
+        seconds for running jobs to settle.
+
+        Raises JobNotFoundError, StateConflictError (already done or failed).
+        """
+        for job_id in job_ids:
+            check_id(job_id)
+        self.dir.require()
+        return [self._cancel_one(job_id, wait) for job_id in job_ids]
+
+    def _cancel_one(self, job_id: str, wait: float) -> Job:
+        import time  # noqa: PLC0415
+
+        deadline = time.monotonic() + wait
+        asked = False
+        while True:
+            found = self.dir.locate(job_id)
+            if found is None:
+                raise JobNotFoundError(job_id)
+            state, name = found
+            if state in ("done", "failed"):
+                if asked and state == "failed":
+                    return self.get(job_id)
+                raise StateConflictError(f"job {job_id} is already {state}")
+            lock = self.dir.lock_job(job_id)
+            if lock is not None:
+                try:
+                    if self.dir.has(state, name):
+                        return cancel_owned(self.dir, state, name, job_id, times.now())
+                except FileNotFoundError:
+                    pass
+                finally:
+                    lock.release(remove=True)
+                continue  # it moved while we took the lock: look again
+            if state == "running" and not asked:
+                # Its worker owns it: ask it to stop the job (it watches running/).
+                self.dir.write("running", cancel_file(job_id), b"", tag="cancel")
+                asked = True
+            if time.monotonic() >= deadline:
+                if asked:
+                    return self.get(job_id)
+                raise StateConflictError(f"job {job_id} is busy; try again")
+            time.sleep(0.05)
+
+    def purge(self, state: str, older_than: float | None = None, now: float | None = None) -> list[str]:
+        """Delete finished jobs (``done`` or ``failed``) and their logs; with
+        *older_than*, only those settled more than that many seconds ago. Returns
+        the ids deleted."""
+        if state not in ("done", "failed"):
+            raise ValidationError(f"can only purge done or failed jobs, not {state!r}", "--state")
+        if older_than is not None and older_than < 0:
+            raise ValidationError("must be >= 0", "--older-than")
+        self.dir.require()
+        now = times.now() if now is None else now
+        purged = []
+        for entry in list(self.dir.entries(state)):
+            job_id = entry.name[:-5]
+            if older_than is not None:
+                # The file was last written when the job settled (or was moved back
+                # by hand); its mtime is the settle time without opening it.
+                try:
+                    if now - entry.stat(follow_symlinks=False).st_mtime < older_than:
+                        continue
+                except OSError:
+                    continue
+            lock = self.dir.lock_job(job_id)
+            if lock is None:
+                continue  # being retried right now
+            try:
+                if not self.dir.has(state, entry.name):
+                    continue
+                self.dir.remove(state, entry.name)
+                self.dir.remove(state, f"{job_id}.reason")
+                self.dir.remove("logs", f"{job_id}.log")
+                purged.append(job_id)
+            finally:
+                lock.release(remove=True)
+        if purged:
+            self.dir.sync_dir(state)
+        return purged
+
+    def log_path(self, job_id: str) -> str:
+        """The path of the job's output log (which exists once it has run)."""
+        self.get(job_id)
+        return self.dir.log_path(job_id)
 
     def wait(self, job_ids: Sequence[str], timeout: float | None = None) -> dict[str, str]:
         """Block until every job is settled (done/ or failed/); return id → state.
@@ -500,10 +642,6 @@ class Spool:
             last_error=reason.get("last_error"), settled_at=reason.get("settled_at"),
             extra={"unreadable": True, "original_name": reason.get("original_name")},
         )
-
-
-def _pending_name(job: Job) -> str:
-    return pending_name(job.id, job.priority, times.name_key(job.run_at_ts), bool(job.after))
 
 
 def _local(stamp: str | None) -> str:

@@ -296,6 +296,104 @@ def show(
     print_job(job)
 
 
+@app.command()
+def logs(
+    ctx: typer.Context,
+    job_id: str = typer.Argument(..., metavar="ID"),
+    spool: Optional[str] = SpoolOpt,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing output until the job is settled."),
+) -> None:
+    """The job's output (every attempt, each under a header line)."""
+    import time
+
+    api = _spool(ctx, spool)
+    path = api.log_path(job_id)
+    out = sys.stdout.buffer
+    pos = 0
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            try:
+                os.lseek(fd, pos, os.SEEK_SET)
+                while chunk := os.read(fd, 65536):
+                    out.write(chunk)
+                    pos += len(chunk)
+            finally:
+                os.close(fd)
+            out.flush()
+        if not follow:
+            return
+        if api.get(job_id).state in ("done", "failed"):
+            follow = False  # one last read: output written just before settling
+            continue
+        time.sleep(0.2)
+
+
+@app.command()
+def retry(
+    ctx: typer.Context,
+    job_ids: Optional[list[str]] = typer.Argument(None, metavar="ID..."),
+    spool: Optional[str] = SpoolOpt,
+    all_: bool = typer.Option(False, "--all", help="Every job in failed/."),
+) -> None:
+    """Put failed jobs back to pending with a fresh attempt budget."""
+    api = _spool(ctx, spool)
+    if all_ and job_ids:
+        raise ValidationError("give IDs or --all, not both")
+    if not all_ and not job_ids:
+        raise ValidationError("give the IDs of failed jobs, or --all")
+    ids = api.failed_ids() if all_ else list(job_ids or [])
+    _each(ids, lambda job_id: api.retry([job_id]), "retried")
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    job_ids: list[str] = typer.Argument(..., metavar="ID..."),
+    spool: Optional[str] = SpoolOpt,
+) -> None:
+    """Cancel jobs: pending ones go to failed/, running ones are stopped first."""
+    api = _spool(ctx, spool)
+    _each(job_ids, lambda job_id: api.cancel([job_id]), "cancelled")
+
+
+def _each(ids: list[str], action: Any, verb: str) -> None:
+    """Apply *action* to each id; print the ids done, one error line per failure,
+    exit with the worst status."""
+    from .job import check_id
+
+    for job_id in ids:
+        check_id(job_id)  # all ids are checked before anything is changed
+    worst = 0
+    for job_id in ids:
+        try:
+            action(job_id)
+            sys.stdout.write(job_id + "\n")
+        except TaskqError as exc:
+            sys.stderr.write(f"taskq: {exc}\n")
+            worst = max(worst, exc.exit_code)
+    if worst:
+        raise typer.Exit(worst)
+
+
+@app.command()
+def purge(
+    ctx: typer.Context,
+    state: str = typer.Option(..., "--state", help="done or failed."),
+    spool: Optional[str] = SpoolOpt,
+    older_than: Optional[str] = typer.Option(None, "--older-than", metavar="DURATION", help="Only jobs settled longer ago than this."),
+) -> None:
+    """Delete finished jobs and their logs."""
+    from . import times
+
+    age = times.parse_duration(older_than, "--older-than") if older_than is not None else None
+    purged = _spool(ctx, spool).purge(state, older_than=age)
+    sys.stderr.write(f"purged {len(purged)} {state} job{'s' if len(purged) != 1 else ''}\n")
+
+
 @app.command("wait")
 def wait_(
     ctx: typer.Context,

@@ -106,9 +106,31 @@ def settle(sd: SpoolDir, claimed: Claimed, outcome: Outcome, now: float, jitter:
         attempt.error = outcome.error
         decision = decide(job, outcome, now, jitter)
         apply(sd, job, decision, now)
+        sd.remove("running", cancel_file(job.id))
         return decision
     finally:
         claimed.lock.release(remove=True)
+
+
+def cancel_file(job_id: str) -> str:
+    """``running/ID.cancel``: asks the worker running the job to stop it."""
+    return f"{job_id}.cancel"
+
+
+def cancel_owned(sd: SpoolDir, state: str, name: str, job_id: str, now: float) -> Job:
+    """Cancel a job whose run lock the caller holds: pending (moved through running/)
+    or running with no live process (its attempt is closed as cancelled)."""
+    current = job_file(job_id)
+    if state == "pending":
+        sd.move("pending", name, "running", current)
+    job = _read_job(sd, "running", current)
+    attempt = job.current_attempt
+    if attempt is not None:
+        attempt.finished_at = times.iso(now)
+        attempt.error = "cancelled"
+    apply(sd, job, Decision("failed", last_error="cancelled"), now)
+    sd.remove("running", cancel_file(job_id))
+    return job
 
 
 def apply(sd: SpoolDir, job: Job, decision: Decision, now: float) -> None:

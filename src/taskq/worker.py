@@ -180,7 +180,7 @@ class Worker:
         become_subreaper()
         for label in ("pending",):
             self.watcher.add(self.sd.dir(label), label)
-        for label in ("done", "failed"):
+        for label in ("done", "failed", "running"):
             self.watcher.add(self.sd.dir(label), label, added_only=True)
         self.event(f"worker started on {self.sd.root} (concurrency {self.concurrency}"
                    + (", burst" if self.burst else "") + ")")
@@ -199,6 +199,7 @@ class Worker:
                     if self.max_jobs is not None and self.started >= self.max_jobs and not self.running:
                         break
                     self._refresh(now)
+                    self._check_cancels()
                     self._periodic(now, config.min_free)
                     paused = self.sd.is_paused()
                     if not paused and not self._disk_low:
@@ -280,7 +281,7 @@ class Worker:
                         self.index.add(name, now_key)
                     else:
                         self.index.remove(name)
-                else:
+                elif label != "running":
                     deps_changed = True
             if deps_changed:
                 self.index.unblock()
@@ -293,6 +294,13 @@ class Worker:
         # within one tick of the last listing.
         if mtime != self._pending_mtime or now - self._last_relist >= IDLE_WAKE:
             self._relist(now)
+
+    def _check_cancels(self) -> None:
+        """Stop own jobs that ``taskq cancel`` asked to stop (running/ID.cancel)."""
+        for job_id, run in self.running.items():
+            if not run.control.cancel.is_set() and self.sd.has("running", lifecycle.cancel_file(job_id)):
+                self.event(f"cancelling {job_id}")
+                run.control.cancel.set()
 
     def _periodic(self, now: float, min_free: int) -> None:
         if now - self._last_recovery >= RECOVERY_PERIOD:
@@ -429,7 +437,9 @@ class Worker:
                 self.event(f"cannot settle {job.id}: {exc} (recovery will retry it)")
                 return
             reason = outcome.describe(job.timeout)
-            if decision.state == "done":
+            if outcome.error == "cancelled":
+                self.event(f"cancelled {job.id}")
+            elif decision.state == "done":
                 self.event(f"succeeded {job.id}{name}")
             elif decision.state == "pending" and outcome.error == "interrupted":
                 self.event(f"interrupted {job.id}: back to pending")
