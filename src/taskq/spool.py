@@ -186,6 +186,26 @@ class SpoolDir:
         if not os.access(self.dir("tmp"), os.W_OK):
             raise SpoolError(f"spool at {self.root} is not writable")
 
+    def check_safe(self) -> None:
+        """Refuse a spool that another local user could plant jobs in: one owned by
+        another user, writable by group or others, or whose state directories are
+        symlinks. A worker runs what it finds here, as its own user."""
+        uid = os.geteuid()
+        for path in [self.root] + [self.dir(name) for name in LAYOUT]:
+            try:
+                st = os.stat(path) if path == self.root else os.lstat(path)
+            except OSError as exc:
+                raise SpoolError(f"cannot check {path}: {exc.strerror}") from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise SpoolError(f"refusing to work on {self.root}: {path} is not a directory")
+            if st.st_uid != uid:
+                raise SpoolError(f"refusing to work on {self.root}: {path} is owned by uid {st.st_uid}, not {uid}")
+            if st.st_mode & 0o022:
+                raise SpoolError(
+                    f"refusing to work on {self.root}: {path} is writable by "
+                    f"{'others' if st.st_mode & 0o002 else 'its group'} (mode {stat.S_IMODE(st.st_mode):04o}); "
+                    f"chmod go-w it")
+
     # -- publication -------------------------------------------------------------------
 
     def stage(self, data: bytes, tag: str = "job") -> str:

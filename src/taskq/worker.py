@@ -176,6 +176,7 @@ class Worker:
         if self.stop.requested:
             return 0
         self.sd.create()
+        self.sd.check_safe()
         config = self.spool.config
         become_subreaper()
         for label in ("pending",):
