@@ -217,9 +217,11 @@ class Spool:
         published: list[str] = []
         try:
             for path, name in staged:
-                self.dir.io.rename(path, self.dir.path("pending", name))
+                self.dir.link_new(path, "pending", name)
                 published.append(name)
             self.dir.sync_dir("pending")
+            for path, _ in staged:
+                self.dir._discard(path)
         except (OSError, SpoolError) as exc:
             # All or nothing: take back what was published, drop what was staged.
             for name in published:
@@ -426,7 +428,7 @@ class Spool:
                 if watcher.available:
                     import select  # noqa: PLC0415
 
-                    if select.select([watcher.fd], [], [], step)[0]:
+                    if select.select([watcher.fd], [], [], step)[0]:  # done/ or failed/ changed
                         watcher.read()
                 else:
                     import time  # noqa: PLC0415

@@ -44,7 +44,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_last_id: tuple[int, int] = (0, 0)
+_last_id: tuple[int, int, int] = (0, 0, 0)  # (pid, ms, random part) of the last id
 
 
 def new_id(ts: float | None = None) -> str:
@@ -56,12 +56,14 @@ def new_id(ts: float | None = None) -> str:
     """
     global _last_id
     ms = int((time.time() if ts is None else ts) * 1000)
-    last_ms, last_rand = _last_id
-    if ms <= last_ms:
+    pid = os.getpid()
+    last_pid, last_ms, last_rand = _last_id
+    # A forked child inherits _last_id: it must draw its own random part.
+    if ms <= last_ms and pid == last_pid:
         ms, rand = last_ms, last_rand + 1
     else:
         rand = int.from_bytes(os.urandom(10), "big") >> 1  # leave room to increment
-    _last_id = (ms, rand)
+    _last_id = (pid, ms, rand)
     value = (ms << 80) | (rand & ((1 << 80) - 1))
     out = []
     for _ in range(26):

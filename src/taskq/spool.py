@@ -83,6 +83,9 @@ class FileIO:
     def rename(self, src: str, dst: str) -> None:
         os.rename(src, dst)
 
+    def link(self, src: str, dst: str) -> None:
+        os.link(src, dst)
+
     def unlink(self, path: str) -> None:
         os.unlink(path)
 
@@ -228,6 +231,18 @@ class SpoolDir:
             self._discard(staged)
             raise self._error("rename into", dest, exc) from None
         self.sync_dir(state)
+
+    def link_new(self, staged: str, state: str, name: str) -> None:
+        """Publish a staged file as a new *state*/*name*, never replacing an existing
+        file (link(2) fails with EEXIST where rename(2) would overwrite). The caller
+        removes the staged name afterwards and fsyncs the directory."""
+        dest = self.path(state, name)
+        try:
+            self.io.link(staged, dest)
+        except FileExistsError:
+            raise SpoolError(f"cannot publish {dest}: a file of that name exists") from None
+        except OSError as exc:
+            raise self._error("link into", dest, exc) from None
 
     def write(self, state: str, name: str, data: bytes, tag: str = "job") -> None:
         """Atomically create or replace *state*/*name* with *data* (stage, rename, fsync)."""

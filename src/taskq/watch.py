@@ -2,7 +2,7 @@
 nothing elsewhere (the worker then polls its directories' mtimes).
 
 The worker waits on :attr:`Watcher.fd` with select(); :meth:`Watcher.read` returns the
-(directory, name, added) changes since the last call, or None after an overflow (the
+(directory, name, added, created) changes since the last call, or None after an overflow (the
 caller must then re-list).
 """
 
@@ -47,7 +47,7 @@ class Watcher:
         """Watch *path*; events carry *label*. With *added_only*, only arrivals."""
         if not self.available:
             return False
-        mask = IN_MOVED_TO | IN_CLOSE_WRITE
+        mask = IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE
         if not added_only:
             mask |= IN_MOVED_FROM | IN_DELETE
         wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
@@ -56,9 +56,11 @@ class Watcher:
         self._wds[wd] = label
         return True
 
-    def read(self) -> list[tuple[str, str, bool]] | None:
-        """Drain pending events: ``(label, name, added)`` tuples; None on overflow."""
-        out: list[tuple[str, str, bool]] = []
+    def read(self) -> list[tuple[str, str, bool, bool]] | None:
+        """Drain pending events: ``(label, name, added, created)`` tuples; None on
+        overflow. ``created`` marks a name that was just created (by link(2) or open(2)):
+        its content may still be being written, unless its writer links complete files."""
+        out: list[tuple[str, str, bool, bool]] = []
         overflow = False
         while True:
             try:
@@ -83,8 +85,8 @@ class Watcher:
                 label = self._wds.get(wd)
                 if label is None or not raw:
                     continue
-                added = bool(mask & (IN_MOVED_TO | IN_CLOSE_WRITE))
-                out.append((label, os.fsdecode(raw), added))
+                added = bool(mask & (IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE))
+                out.append((label, os.fsdecode(raw), added, bool(mask & IN_CREATE)))
         return None if overflow else out
 
     def close(self) -> None:

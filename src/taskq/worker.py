@@ -276,9 +276,12 @@ class Worker:
                 return
             now_key = times.name_key(now)
             deps_changed = False
-            for label, name, added in changes:
+            for label, name, added, created in changes:
                 if label == "pending":
-                    if added:
+                    # taskq publishes complete files by link(2) under its own names; a
+                    # foreign name just created may be half-written: wait for its
+                    # close or rename.
+                    if added and not (created and parse_pending_name(name) is None):
                         self.index.add(name, now_key)
                     else:
                         self.index.remove(name)
