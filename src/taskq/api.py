@@ -98,7 +98,7 @@ class Spool:
             "cwd": os.path.abspath(cwd) if cwd is not None else None,
             "priority": priority,
             "delay": delay,
-            "run_at": times.iso(run_at) if run_at is not None else None,
+            "run_at": _iso_or_invalid(run_at, "run_at") if run_at is not None else None,
             "max_attempts": max_attempts,
             "backoff": backoff,
             "backoff_max": backoff_max,
@@ -147,10 +147,11 @@ class Spool:
                 if dep in batch_ids:
                     continue
                 found = self.dir.locate(dep)
+                where = f"line {numbers[i - 1]}: " if numbers is not None else ""
                 if found is None:
-                    raise DependencyError(f"--after {dep}: no such job")
+                    raise DependencyError(f"{where}--after {dep}: no such job")
                 if found[0] == "failed":
-                    raise DependencyError(f"--after {dep}: that job has failed")
+                    raise DependencyError(f"{where}--after {dep}: that job has failed")
         self._check_free_space()
         return self._enqueue(jobs)
 
@@ -644,6 +645,13 @@ class Spool:
             last_error=reason.get("last_error"), settled_at=reason.get("settled_at"),
             extra={"unreadable": True, "original_name": reason.get("original_name")},
         )
+
+
+def _iso_or_invalid(ts: float, field: str) -> str:
+    try:
+        return times.iso(ts)
+    except (ValueError, OverflowError, OSError):
+        raise ValidationError("is out of range", field) from None
 
 
 def _local(stamp: str | None) -> str:

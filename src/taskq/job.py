@@ -263,7 +263,7 @@ class Job:
         version = data.get("version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
             raise ValidationError(f"unsupported format version {version!r}", "version")
-        for key in ("id", "cwd", "created_at", "run_at"):
+        for key in ("id", "command", "cwd", "created_at", "run_at"):
             if key not in data:
                 raise ValidationError("missing", key)
         known = {f for f in cls.__dataclass_fields__ if f not in ("extra", "state", "duplicate")}
@@ -514,7 +514,10 @@ def build(
     if delay is not None:
         if "run_at" in given and given["run_at"] is not None:
             raise ValidationError("give either delay or run_at, not both", "run_at")
-        fields["run_at"] = times.iso(now + _seconds(delay, "delay"))
+        try:
+            fields["run_at"] = times.iso(now + _seconds(delay, "delay"))
+        except (OverflowError, ValueError, OSError):
+            raise ValidationError(f"{delay!r} is out of range", "delay") from None
     fields.setdefault("run_at", fields["created_at"])
     fields.setdefault("cwd", default_cwd)
     fields.setdefault("env", {})

@@ -21,6 +21,10 @@ _DATETIME_RE = re.compile(
 )
 
 
+#: Longest duration accepted (100 years): beyond it, times leave the calendar's range.
+MAX_DURATION = 36500 * 86400.0
+
+
 def now() -> float:
     """The current time, seconds since the epoch."""
     return time.time()
@@ -60,7 +64,10 @@ def parse_duration(text: str, option: str = "duration") -> float:
         raise ValidationError(
             f"invalid duration {text!r} (use e.g. 30, 1.5, 30s, 10m, 2h, 1d)", option
         )
-    return float(m.group(1)) * _UNIT[m.group(2)]
+    seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if seconds > MAX_DURATION:
+        raise ValidationError(f"duration {text!r} is out of range (at most 36500d)", option)
+    return seconds
 
 
 def parse_datetime(text: str, option: str = "--at") -> float:
@@ -79,14 +86,20 @@ def parse_datetime(text: str, option: str = "--at") -> float:
         )
     except ValueError as exc:
         raise ValidationError(f"invalid date-time {text!r}: {exc}", option) from None
-    if off is None:
-        return time.mktime(dt.timetuple()) + dt.microsecond / 1e6
-    if off == "Z":
-        tz = timezone.utc
-    else:
-        sign = 1 if off[0] == "+" else -1
-        tz = timezone(sign * timedelta(hours=int(off[1:3]), minutes=int(off[4:6])))
-    return dt.replace(tzinfo=tz).timestamp()
+    try:
+        if off is None:
+            ts = time.mktime(dt.timetuple()) + dt.microsecond / 1e6
+        else:
+            if off == "Z":
+                tz = timezone.utc
+            else:
+                sign = 1 if off[0] == "+" else -1
+                tz = timezone(sign * timedelta(hours=int(off[1:3]), minutes=int(off[4:6])))
+            ts = dt.replace(tzinfo=tz).timestamp()
+        iso(ts)  # it must also be representable in a record (UTC years 1-9999)
+    except (ValueError, OverflowError, OSError):
+        raise ValidationError(f"date-time {text!r} is out of range", option) from None
+    return ts
 
 
 def format_duration(seconds: float) -> str:
