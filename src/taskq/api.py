@@ -290,7 +290,7 @@ class Spool:
                         f"job {job_id}: unique key {job.unique_key!r} is held by job {holder.id} ({holder.state})")
                 self.dir.write_lock_file(key_lock, job_id)
             job.budget_start = len(job.attempts)
-            job.run_at = times.iso(now)
+            job.run_at = job.retried_at = times.iso(now)
             job.settled_at = None
             self.dir.write("failed", f"{job_id}.json", job.to_bytes())
             self.dir.move("failed", f"{job_id}.json", "pending", pending_file(job))
@@ -487,6 +487,12 @@ class Spool:
             state = found[0] if found else None
             if state == "done":
                 continue
+            if state == "failed" and job.retried_at:
+                from .lifecycle import dependency_state  # noqa: PLC0415
+
+                if dependency_state(self.dir, job) == ("waiting", dep):
+                    return {"reason": f"waiting for dependency {dep}, which failed before this job "
+                                      f"was retried: retry {dep} too."}
             if state == "failed" or state is None:
                 what = "failed" if state else "does not exist"
                 return {"reason": f"dependency {dep} {what}: a worker will move this job to failed/."}

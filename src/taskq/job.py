@@ -181,6 +181,8 @@ class Job:
     #: Index in ``attempts`` where the current attempt budget starts: ``retry`` moves it
     #: to the end so the history is kept while the budget is fresh.
     budget_start: int = 0
+    #: When ``retry`` last put the job back to pending/ (None if never).
+    retried_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     state: str | None = None
     #: Set by ``add`` when a unique key matched an existing job; not stored.
@@ -240,6 +242,7 @@ class Job:
             after=list(self.after),
             settled_at=self.settled_at,
             budget_start=self.budget_start,
+            retried_at=self.retried_at,
         )
         return record
 
@@ -274,13 +277,14 @@ class Job:
         fields["attempts"] = [
             Attempt.from_dict(a, f"attempts[{i}]") for i, a in enumerate(attempts)
         ]
-        for key in ("last_error", "settled_at"):
+        for key in ("last_error", "settled_at", "retried_at"):
             value = data.get(key)
             if value is not None and not isinstance(value, str):
                 raise ValidationError("must be a string or null", key)
             fields[key] = value
-        if fields.get("settled_at") is not None:
-            _timestamp(fields["settled_at"], "settled_at")
+        for key in ("settled_at", "retried_at"):
+            if fields.get(key) is not None:
+                _timestamp(fields[key], key)
         budget = data.get("budget_start", 0)
         if not _is_int(budget) or not 0 <= budget <= len(fields["attempts"]):
             raise ValidationError("must be an integer within the attempts list", "budget_start")

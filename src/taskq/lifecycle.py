@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass
 
 from . import times
@@ -25,12 +24,9 @@ from .job import Attempt, Job, build, check_id, new_id, parse_json_bytes
 from .policy import WORKER_LOST, Decision, Outcome, decide
 from .spool import Lock, PendingName, SpoolDir, pending_name
 
-HOSTNAME = socket.gethostname()
-
-
 def worker_name() -> str:
     """``host:pid``, recorded in each attempt."""
-    return f"{HOSTNAME}:{os.getpid()}"
+    return f"{os.uname().nodename}:{os.getpid()}"
 
 
 @dataclass
@@ -252,16 +248,31 @@ def quarantine(sd: SpoolDir, state: str, name: str, job_id: str, why: str,
 
 def dependency_state(sd: SpoolDir, job: Job) -> tuple[str, str | None]:
     """``("ready", None)`` when every job in ``after`` is done, ``("waiting", id)``
-    while one is not settled, ``("failed", id)`` when one failed or does not exist."""
+    while one is not settled, ``("failed", id)`` when one failed or does not exist.
+
+    A dependency that failed *before* this job was retried does not fail it again:
+    the retried job waits (CONTRACT §7: "retry of such a dependent puts it back to
+    waiting") until that dependency is retried and settles once more.
+    """
     for dep in job.after:
         if sd.has("done", job_file(dep)):
             continue
         if sd.has("failed", job_file(dep)):
+            if job.retried_at and _failed_before(sd, dep, times.parse_iso(job.retried_at)):
+                return "waiting", dep
             return "failed", dep
         if sd.locate(dep) is None:
             return "failed", dep
         return "waiting", dep
     return "ready", None
+
+
+def _failed_before(sd: SpoolDir, dep: str, since: float) -> bool:
+    try:
+        settled = _read_job(sd, "failed", job_file(dep)).settled_at
+    except (FileNotFoundError, ValidationError, SpoolError):
+        return False
+    return settled is not None and times.parse_iso(settled) <= since
 
 
 def fail_dependent(sd: SpoolDir, entry: PendingName, dep: str, now: float) -> bool:
