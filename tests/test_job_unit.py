@@ -336,6 +336,7 @@ def full_record() -> dict:
         "after": ["dep-1"],
         "settled_at": None,
         "budget_start": 0,
+        "retried_at": None,
     }
 
 
