@@ -19,6 +19,7 @@ from .errors import TaskqError, ValidationError
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     no_args_is_help=True,
     help="A command-line task queue with a durable file-based spool.",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -61,16 +62,16 @@ def add(
     ctx: typer.Context,
     command: Optional[list[str]] = typer.Argument(None, metavar="[--] COMMAND [ARG]...", show_default=False),
     spool: Optional[str] = SpoolOpt,
-    name: Optional[str] = typer.Option(None, "--name", help="Label, or a task type of taskq.toml."),
+    name: Optional[str] = typer.Option(None, "--name", metavar="TEXT", help="Label, or a task type of taskq.toml."),
     payload: Optional[str] = typer.Option(None, "--payload", metavar="JSON", help="JSON handed to the command on stdin."),
     payload_file: Optional[str] = typer.Option(None, "--payload-file", metavar="PATH", help="Read the payload JSON from PATH (- = stdin)."),
     env: Optional[list[str]] = typer.Option(None, "--env", metavar="KEY=VALUE", help="Extra environment variable (repeatable)."),
     cwd: Optional[str] = typer.Option(None, "--cwd", metavar="DIR", help="Working directory [default: here]."),
     shell: bool = typer.Option(False, "--shell", help="Run COMMAND as one string with /bin/sh -c."),
-    priority: Optional[int] = typer.Option(None, "--priority", help="Higher runs first [default: 0]."),
+    priority: Optional[int] = typer.Option(None, "--priority", metavar="INT", help="Higher runs first [default: 0]."),
     delay: Optional[str] = typer.Option(None, "--delay", metavar="DURATION", help="Run no sooner than this from now."),
     at: Optional[str] = typer.Option(None, "--at", metavar="DATETIME", help="Run no sooner than this (ISO 8601, local time unless an offset is given)."),
-    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Attempts before the job fails [default: 5]."),
+    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", metavar="INT", help="Attempts before the job fails [default: 5]."),
     backoff: Optional[str] = typer.Option(None, "--backoff", metavar="DURATION", help="First retry delay, doubled each time [default: 10s]."),
     backoff_max: Optional[str] = typer.Option(None, "--backoff-max", metavar="DURATION", help="Longest retry delay [default: 1h]."),
     timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION", help="Time limit of one attempt [default: none]."),
@@ -206,9 +207,9 @@ def _read_batch(path: str) -> list[tuple[int, dict[str, Any]]]:
 def work(
     ctx: typer.Context,
     spool: Optional[str] = SpoolOpt,
-    concurrency: int = typer.Option(1, "--concurrency", "-c", help="Jobs run at once."),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", metavar="N", help="Jobs run at once."),
     burst: bool = typer.Option(False, "--burst", help="Exit once no job is ready and none is running."),
-    max_jobs: Optional[int] = typer.Option(None, "--max-jobs", help="Exit after this many jobs."),
+    max_jobs: Optional[int] = typer.Option(None, "--max-jobs", metavar="N", help="Exit after this many jobs."),
     grace: str = typer.Option("30s", "--grace", metavar="DURATION", help="How long a stop waits for running jobs."),
 ) -> None:
     """Run jobs until stopped (SIGTERM/SIGINT: finish or return running jobs, exit 0)."""
@@ -263,8 +264,8 @@ def status(
 def list_(
     ctx: typer.Context,
     spool: Optional[str] = SpoolOpt,
-    state: Optional[str] = typer.Option(None, "--state", help="pending, running, done or failed."),
-    limit: int = typer.Option(50, "--limit", help="At most this many jobs (0 = all)."),
+    state: Optional[str] = typer.Option(None, "--state", metavar="STATE", help="pending, running, done or failed."),
+    limit: int = typer.Option(50, "--limit", metavar="N", help="At most this many jobs (0 = all)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Jobs, newest first."""
@@ -382,7 +383,7 @@ def _each(ids: list[str], action: Any, verb: str) -> None:
 @app.command()
 def purge(
     ctx: typer.Context,
-    state: str = typer.Option(..., "--state", help="done or failed."),
+    state: str = typer.Option(..., "--state", metavar="STATE", help="done or failed."),
     spool: Optional[str] = SpoolOpt,
     older_than: Optional[str] = typer.Option(None, "--older-than", metavar="DURATION", help="Only jobs settled longer ago than this."),
 ) -> None:
