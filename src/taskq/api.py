@@ -25,7 +25,7 @@ from .errors import (
     ValidationError,
 )
 from .job import STATES, Job, build, check_id, id_time, parse_json_bytes
-from .lifecycle import cancel_file, cancel_owned, pending_file
+from .lifecycle import attempt_group, cancel_file, cancel_owned, pending_file
 from .spool import Lock, SpoolDir, parse_pending_name
 
 #: Fields a producer may set in ``add --batch`` lines and drop-in files.
@@ -332,6 +332,15 @@ class Spool:
             if lock is not None:
                 try:
                     if self.dir.has(state, name):
+                        # No worker owns it; stop what is left of its attempt, if anything.
+                        pgid = attempt_group(self.dir, lock) if state == "running" else None
+                        if pgid is not None:
+                            import signal  # noqa: PLC0415
+
+                            try:
+                                os.killpg(pgid, signal.SIGKILL)
+                            except ProcessLookupError:
+                                pass
                         return cancel_owned(self.dir, state, name, job_id, times.now())
                 except FileNotFoundError:
                     pass

@@ -22,7 +22,7 @@ from . import times
 from .errors import SpoolError, ValidationError
 from .job import Attempt, Job, build, check_id, new_id, parse_json_bytes
 from .policy import WORKER_LOST, Decision, Outcome, decide
-from .spool import Lock, PendingName, SpoolDir, pending_name
+from .spool import Lock, PendingName, SpoolDir, boot_id, pending_name
 
 def worker_name() -> str:
     """``host:pid``, recorded in each attempt."""
@@ -51,6 +51,8 @@ def claim(sd: SpoolDir, entry: PendingName) -> Claimed | None:
     Returns None when another worker got there first, or when the file turned out
     not to be a valid job (it is then moved to failed/ with the reason beside it).
     """
+    if not sd.has("pending", entry.name):
+        return None  # gone, or not a regular file: never touched
     lock = sd.lock_job(entry.id)
     if lock is None:
         return None
@@ -159,9 +161,15 @@ def recover(sd: SpoolDir, job_id: str, now: float, jitter: float) -> tuple[str, 
     lock = sd.lock_job(job_id)
     if lock is None:
         return None
+    remove_lock = True
     try:
         name = job_file(job_id)
         if not sd.has("running", name):
+            return None
+        if attempt_group(sd, lock) is not None:
+            # A process of the attempt that did not keep the lock's descriptor (a
+            # daemon, a child that closed its fds) is still alive: not yet.
+            remove_lock = False
             return None
         try:
             job = _read_job(sd, "running", name)
@@ -185,7 +193,27 @@ def recover(sd: SpoolDir, job_id: str, now: float, jitter: float) -> tuple[str, 
         apply(sd, job, decision, now)
         return what, decision
     finally:
-        lock.release(remove=True)
+        lock.release(remove=remove_lock)
+
+
+def record_group(sd: SpoolDir, lock: Lock, pgid: int) -> None:
+    """Note the attempt's process group in its lock file (see :func:`attempt_group`)."""
+    sd.write_lock_file(lock, f"pgid={pgid} boot={boot_id()}", durable=False)
+
+
+def attempt_group(sd: SpoolDir, lock: Lock) -> int | None:
+    """The process group of the attempt recorded in a held run lock's file, if a
+    process of it is still alive (in this boot)."""
+    fields = dict(part.split("=", 1) for part in sd.read_lock_file(lock).split() if "=" in part)
+    try:
+        pgid = int(fields.get("pgid", ""))
+    except ValueError:
+        return None
+    if pgid <= 1 or fields.get("boot") != boot_id():
+        return None
+    from .runner import group_alive  # noqa: PLC0415 - the worker side only
+
+    return pgid if group_alive(pgid) else None
 
 
 def normalise(sd: SpoolDir, name: str, now: float, default_cwd: str,
@@ -193,6 +221,8 @@ def normalise(sd: SpoolDir, name: str, now: float, default_cwd: str,
     """Turn a drop-in file (any ``*.json`` name in pending/) into a job with an id and a
     proper name, filling defaults. A file that is not a valid job goes to failed/.
     Returns the job (now pending), or None (lost a race, or quarantined)."""
+    if not sd.has("pending", name):
+        return None  # gone, or a directory, symlink...: left where it is, never read
     try:
         data = parse_json_bytes(sd.read("pending", name))
         given = data.get("id") if isinstance(data, dict) else None

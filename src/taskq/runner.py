@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .job import Job
 from .policy import CANCELLED, INTERRUPTED, Outcome
@@ -40,6 +40,8 @@ class Control:
     cancel: threading.Event = field(default_factory=threading.Event)
     #: Skip the grace period: SIGKILL at once (a second Ctrl-C).
     hard: threading.Event = field(default_factory=threading.Event)
+    #: Called with the process group id once the command has started.
+    on_spawn: Callable[[int], None] | None = None
 
 
 def job_environment(job: Job, attempt: int, spool_path: str, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -88,6 +90,8 @@ def run_attempt(
         return Outcome(error=f"cannot start: permission denied: {job.command[0]}")
     except OSError as exc:
         return Outcome(error=f"cannot start {job.command[0]}: {exc.strerror or exc}")
+    if control.on_spawn is not None:
+        control.on_spawn(proc.pid)
     if has_payload:
         _feed(proc, job.payload)
     deadline = time.monotonic() + job.timeout if job.timeout else None
@@ -136,6 +140,11 @@ def _feed(proc: subprocess.Popen[Any], payload: Any) -> None:
             pass
 
     threading.Thread(target=write, daemon=True, name="taskq-stdin").start()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in the process group *pgid*."""
+    return _group_alive(pgid)
 
 
 def _group_alive(pgid: int) -> bool:

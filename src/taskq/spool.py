@@ -127,6 +127,21 @@ def parse_pending_name(name: str) -> PendingName | None:
     return PendingName(name, prio, run_key, job_id, has_deps)
 
 
+_BOOT_ID: list[str] = []
+
+
+def boot_id() -> str:
+    """This boot's identity (Linux), so that a process group id recorded before a
+    reboot is never mistaken for a live one."""
+    if not _BOOT_ID:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as fh:
+                _BOOT_ID.append(fh.read().strip())
+        except OSError:
+            _BOOT_ID.append("unknown")
+    return _BOOT_ID[0]
+
+
 class Lock:
     """An flock(2) held on a file; the descriptor can be handed to child processes."""
 
@@ -451,12 +466,13 @@ class SpoolDir:
         os.lseek(lock.fd, 0, os.SEEK_SET)
         return os.read(lock.fd, 4096).decode("utf-8", "replace").strip()
 
-    def write_lock_file(self, lock: Lock, text: str) -> None:
-        """Record *text* (the holder's job id) in a held lock's file, durably."""
+    def write_lock_file(self, lock: Lock, text: str, durable: bool = True) -> None:
+        """Record *text* in a held lock's file (a key's holder, durably; an attempt's
+        process group, which need not survive a reboot)."""
         try:
             os.ftruncate(lock.fd, 0)
             os.pwrite(lock.fd, text.encode() + b"\n", 0)
-            if self.sync:
+            if self.sync and durable:
                 self.io.fsync(lock.fd)
         except OSError as exc:
             raise self._error("write", lock.path, exc) from None

@@ -282,7 +282,8 @@ class Worker:
                     # foreign name just created may be half-written: wait for its
                     # close or rename.
                     if added and not (created and parse_pending_name(name) is None):
-                        self.index.add(name, now_key)
+                        if self.sd.has("pending", name):  # regular files only
+                            self.index.add(name, now_key)
                     else:
                         self.index.remove(name)
                 elif label != "running":
@@ -399,7 +400,7 @@ class Worker:
     # -- running -----------------------------------------------------------------------
 
     def _start(self, claimed: Claimed) -> None:
-        control = Control()
+        control = Control(on_spawn=lambda pgid: lifecycle.record_group(self.sd, claimed.lock, pgid))
         if self.stop.hard:
             control.hard.set()
         thread = threading.Thread(target=self._run_one, args=(claimed, control), daemon=True,
