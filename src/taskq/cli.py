@@ -138,14 +138,7 @@ def _parse_payload(text: Optional[str], path: Optional[str]) -> Any:
     option = "--payload"
     if path is not None:
         option = "--payload-file"
-        try:
-            if path == "-":
-                raw = sys.stdin.buffer.read()
-            else:
-                with open(path, "rb") as fh:
-                    raw = fh.read()
-        except OSError as exc:
-            raise ValidationError(f"cannot read {path}: {exc.strerror}", option) from None
+        raw = _read_input(path, option)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -174,15 +167,19 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def _read_batch(path: str) -> list[tuple[int, dict[str, Any]]]:
+def _read_input(path: str, option: str) -> bytes:
+    """The bytes of the file named by *option* (``-`` = stdin); exit 2 if unreadable."""
     try:
         if path == "-":
-            raw = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as fh:
-                raw = fh.read()
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as fh:
+            return fh.read()
     except OSError as exc:
-        raise ValidationError(f"cannot read {path}: {exc.strerror}", "--batch") from None
+        raise ValidationError(f"cannot read {path}: {exc.strerror}", option) from None
+
+
+def _read_batch(path: str) -> list[tuple[int, dict[str, Any]]]:
+    raw = _read_input(path, "--batch")
     records = []
     for number, line in enumerate(raw.split(b"\n"), 1):
         if not line.strip():
