@@ -384,9 +384,11 @@ class Spool:
             try:
                 if not self.dir.has(state, entry.name):
                     continue
-                self.dir.remove(state, entry.name)
-                self.dir.remove(state, f"{job_id}.reason")
+                # The job file last: if a removal fails, the job is still listed and
+                # a second purge finds its log and reason (none is left orphaned).
                 self.dir.remove("logs", f"{job_id}.log")
+                self.dir.remove(state, f"{job_id}.reason")
+                self.dir.remove(state, entry.name)
                 purged.append(job_id)
             finally:
                 lock.release(remove=True)
@@ -637,10 +639,9 @@ class Spool:
     def _load(self, state: str, name: str) -> Job:
         """Read one job file. A failed/ file that is not a valid job is presented as a
         record whose ``last_error`` says why (from its ``.reason`` file)."""
-        raw = self.dir.read(state, name)
         try:
-            job = Job.from_bytes(raw)
-        except ValidationError as exc:
+            job = Job.from_bytes(self.dir.read(state, name))
+        except (ValidationError, SpoolError) as exc:  # SpoolError: too large, not readable
             if state != "failed":
                 raise
             job = self._unreadable(name, str(exc))

@@ -290,6 +290,7 @@ class Job:
             raise ValidationError("must be an integer within the attempts list", "budget_start")
         fields["budget_start"] = budget
         extra = {k: v for k, v in data.items() if k not in known and k not in ("version", "state")}
+        _check_encodable({k: v for k, v in data.items() if k != "payload"})  # payload: its own rule
         return cls(**fields, extra=extra)
 
     @classmethod
@@ -332,6 +333,26 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_encodable(data: dict[str, Any]) -> None:
+    """A record is stored as UTF-8 JSON: refuse what it cannot hold (a lone surrogate,
+    from non-UTF-8 bytes in argv or a ``\\udXXX`` escape in a file), so that a valid
+    record never fails when it is written. The error names the field."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+        return
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        pass
+    for key, value in data.items():
+        field = str(key) if str(key).isprintable() and str(key).isascii() else ascii(key)
+        try:
+            json.dumps({key: value}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("must be valid UTF-8 text (it holds a lone surrogate)", field) from None
+        except (TypeError, ValueError, RecursionError):
+            raise ValidationError("must be JSON-serialisable", field) from None
+    raise ValidationError("must be JSON-serialisable")
+
+
 def _no_nul(value: str, key: str) -> str:
     if "\x00" in value:
         raise ValidationError("must not contain NUL characters", key)
@@ -362,9 +383,10 @@ def _check_name(value: object, key: str) -> str | None:
 
 def _check_payload(value: object, key: str) -> Any:
     try:
-        size = len(json.dumps(value, ensure_ascii=False).encode())
+        # allow_nan=False: NaN and Infinity are not JSON; the command must get JSON.
+        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())
     except (TypeError, ValueError, RecursionError):
-        raise ValidationError("must be JSON-serialisable", key) from None
+        raise ValidationError("must be standard JSON (no NaN or Infinity)", key) from None
     if size > MAX_PAYLOAD_BYTES:
         raise ValidationError(
             f"is {size} bytes, over the limit of {MAX_PAYLOAD_BYTES} bytes", key
@@ -495,7 +517,9 @@ def build(
     """
     given = dict(given)
     given.pop("state", None)
-    given.pop("version", None)
+    version = given.pop("version", None)
+    if version is not None and version != FORMAT_VERSION:
+        raise ValidationError(f"unsupported format version {version!r}", "version")
     delay = given.pop("delay", None)
     fields: dict[str, Any] = dict(DEFAULTS)
     fields.update(defaults)

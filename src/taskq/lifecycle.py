@@ -174,6 +174,11 @@ def recover(sd: SpoolDir, job_id: str, now: float, jitter: float) -> tuple[str, 
         try:
             job = _read_job(sd, "running", name)
         except (ValidationError, SpoolError) as exc:
+            if _is_drop_in(sd, name):
+                # normalise() stopped (crash, I/O error) between moving a drop-in file
+                # here and writing its complete record: it goes back as the drop-in it was.
+                sd.move("running", name, "pending", name)
+                return "returned", Decision("pending", run_at=now)
             quarantine(sd, "running", name, job_id, str(exc))
             return "quarantined", Decision("failed", last_error=str(exc))
         current = job.current_attempt
@@ -337,6 +342,16 @@ def read_pending(sd: SpoolDir, entry: PendingName) -> Job | None:
 
 def _read_job(sd: SpoolDir, state: str, name: str) -> Job:
     return Job.from_bytes(sd.read(state, name))
+
+
+def _is_drop_in(sd: SpoolDir, name: str) -> bool:
+    """Whether running/*name* is a drop-in file not yet normalised: a JSON object
+    without the fields every complete record has."""
+    try:
+        data = parse_json_bytes(sd.read("running", name))
+    except (FileNotFoundError, ValidationError, SpoolError):
+        return False
+    return isinstance(data, dict) and not all(k in data for k in ("cwd", "created_at", "run_at"))
 
 
 def _valid_id(value: str) -> bool:

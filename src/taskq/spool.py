@@ -35,6 +35,7 @@ import fcntl
 import os
 import stat
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterator
 
 from .errors import NoSpoolError, SpoolError
@@ -120,7 +121,7 @@ def parse_pending_name(name: str) -> PendingName | None:
     has_deps = len(parts) == 5
     if has_deps and parts[3] != "after":
         return None
-    if len(prio) != 10 or not prio.isdigit() or len(run_key) != 19 or run_key[8] != "T":
+    if len(prio) != 10 or not prio.isascii() or not prio.isdigit() or not _valid_run_key(run_key):
         return None
     if not job_id or not all(c.isalnum() or c in "_-" for c in job_id) or not job_id.isascii():
         return None
@@ -140,6 +141,36 @@ def boot_id() -> str:
         except OSError:
             _BOOT_ID.append("unknown")
     return _BOOT_ID[0]
+
+
+def _make_parents(path: str) -> None:
+    """Create the missing parents of *path* with mode 0755 whatever the umask
+    (os.makedirs gives them 0777 & ~umask: with umask 000, others could swap the spool)."""
+    missing = []
+    parent = os.path.dirname(path)
+    while parent and parent != os.path.dirname(parent) and not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o755)
+        except FileExistsError:
+            pass
+
+
+def _valid_run_key(key: str) -> bool:
+    """Whether *key* is ``YYYYMMDDTHHMMSSmmmZ`` with a real date and time, as
+    :func:`taskq.times.name_key` makes it (a worker turns it back into a time)."""
+    if len(key) != 19 or key[8] != "T" or key[18] != "Z" or not key.isascii():
+        return False
+    digits = key[:8] + key[9:18]
+    if not digits.isdigit():
+        return False
+    try:
+        datetime(int(key[:4]), int(key[4:6]), int(key[6:8]), int(key[9:11]), int(key[11:13]), int(key[13:15]))
+    except ValueError:
+        return False
+    return True
 
 
 class Lock:
@@ -191,6 +222,7 @@ class SpoolDir:
     def create(self) -> None:
         """Create the spool and its six directories (mode 0700) where missing."""
         try:
+            _make_parents(self.root)
             os.makedirs(self.root, mode=DIR_MODE, exist_ok=True)
             for name in LAYOUT:
                 path = self.dir(name)

@@ -40,6 +40,9 @@ STALE_TMP_AGE = 3600.0
 TMP_CLEAN_PERIOD = 600.0
 #: Longest sleep of an idle worker: bounds how late periodic work and polling run.
 IDLE_WAKE = 1.0
+#: When a ready job's run lock is busy but the job is still in pending/, try again
+#: after this many seconds (the holder is about to let go of it).
+CLAIM_RETRY = 0.25
 
 
 class PendingIndex:
@@ -100,6 +103,10 @@ class PendingIndex:
     def block(self, entry: PendingName) -> None:
         self.blocked[entry.name] = entry
 
+    def defer(self, entry: PendingName, run_key: str) -> None:
+        """Look at an entry that is still present again once *run_key* has come."""
+        heapq.heappush(self.scheduled, (run_key, entry.name))
+
     def unblock(self) -> None:
         for name, entry in self.blocked.items():
             if name in self.entries:
@@ -150,6 +157,8 @@ class Worker:
         self._last_tmp_clean = 0.0
         self._disk_low = False
         self._rng = random.Random()
+        #: Drop-in files that could not be taken in (an I/O error): tried again later.
+        self._retry_foreign: set[str] = set()
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -205,7 +214,7 @@ class Worker:
                     paused = self.sd.is_paused()
                     if not paused and not self._disk_low:
                         self._fill(now)
-                    if self.burst and not self.running and (paused or not self._any_ready(now)):
+                    if self.burst and not self.running and (paused or self._disk_low or not self._any_ready(now)):
                         break
                 self._wait(self._timeout(now))
         finally:
@@ -311,6 +320,8 @@ class Worker:
         if now - self._last_recovery >= RECOVERY_PERIOD:
             self._recover(now)
             self.index.unblock()
+            self.index.foreign |= {n for n in self._retry_foreign if self.sd.has("pending", n)}
+            self._retry_foreign.clear()
         if now - self._last_tmp_clean >= TMP_CLEAN_PERIOD:
             self._clean_tmp(now)
         low = bool(min_free) and self.sd.free_bytes() < min_free
@@ -372,9 +383,22 @@ class Worker:
                             self.event(f"failed for good {entry.id}: dependency {dep} failed")
                         self.index.remove(entry.name)
                         continue
+                if entry.id in self.running:
+                    # One of our threads is settling it and still holds its lock: look
+                    # again once it is reaped.
+                    self.index.block(entry)
+                    continue
                 claimed = lifecycle.claim(self.sd, entry)
             except SpoolError as exc:
                 self.event(f"cannot claim {entry.id}: {exc}")
+                # Not forgotten: if it is still pending, look again at the next recovery.
+                self.index.defer(entry, times.name_key(now + RECOVERY_PERIOD))
+                continue
+            if claimed is None and self.sd.has("pending", entry.name):
+                # Still pending, but its lock is held for a moment by another process
+                # (a worker that has just put it back, or is claiming it): try again
+                # shortly rather than forget it.
+                self.index.defer(entry, times.name_key(now + CLAIM_RETRY))
                 continue
             self.index.remove(entry.name)
             if claimed is not None:
@@ -390,6 +414,7 @@ class Worker:
                 job = lifecycle.normalise(self.sd, name, now, os.getcwd(), config.defaults, config.tasks)
             except SpoolError as exc:
                 self.event(f"cannot take in pending/{name}: {exc}")
+                self._retry_foreign.add(name)
                 continue
             if job is not None:
                 self.event(f"accepted {job.id} from pending/{name}")
@@ -471,6 +496,9 @@ class Worker:
         self._last_recovery = now
         try:
             names = self.sd.names("running")
+            # A lock file with no job beside it was left by a worker that died after
+            # settling the job (or before claiming it): recover() removes it.
+            names += [n for n in self.sd.names("running", suffix=".lock") if f"{n[:-5]}.json" not in names]
         except TaskqError:
             return
         for name in names:
