@@ -207,31 +207,7 @@ class Spool:
         return job if job.state in LIVE_STATES else None
 
     def _publish(self, jobs: list[Job]) -> None:
-        staged: list[tuple[str, str]] = []
-        try:
-            for job in jobs:
-                staged.append((self.dir.stage(job.to_bytes()), pending_file(job)))
-        except SpoolError:
-            for path, _ in staged:
-                self.dir._discard(path)
-            raise
-        published: list[str] = []
-        try:
-            for path, name in staged:
-                self.dir.link_new(path, "pending", name)
-                published.append(name)
-            self.dir.sync_dir("pending")
-            for path, _ in staged:
-                self.dir._discard(path)
-        except (OSError, SpoolError) as exc:
-            # All or nothing: take back what was published, drop what was staged.
-            for name in published:
-                self.dir.remove("pending", name)
-            for path, _ in staged:
-                self.dir._discard(path)
-            if isinstance(exc, SpoolError):
-                raise
-            raise self.dir._error("rename into", self.dir.dir("pending"), exc) from None
+        self.dir.publish_new([(job.to_bytes(), pending_file(job)) for job in jobs], "pending")
 
     # -- manage ----------------------------------------------------------------------
 

@@ -291,6 +291,35 @@ class SpoolDir:
         except OSError as exc:
             raise self._error("link into", dest, exc) from None
 
+    def publish_new(self, files: list[tuple[bytes, str]], state: str) -> None:
+        """Publish new files (content, name) into *state*, all or nothing: all are
+        staged and fsynced first, then linked into place, then the directory is
+        fsynced once. On any failure, what was linked is taken back."""
+        staged: list[tuple[str, str]] = []
+        try:
+            for data, name in files:
+                staged.append((self.stage(data), name))
+        except SpoolError:
+            for path, _ in staged:
+                self._discard(path)
+            raise
+        published: list[str] = []
+        try:
+            for path, name in staged:
+                self.link_new(path, state, name)
+                published.append(name)
+            self.sync_dir(state)
+        except SpoolError:
+            for name in published:
+                try:
+                    self.remove(state, name)
+                except SpoolError:
+                    pass
+            raise
+        finally:
+            for path, _ in staged:
+                self._discard(path)
+
     def write(self, state: str, name: str, data: bytes, tag: str = "job") -> None:
         """Atomically create or replace *state*/*name* with *data* (stage, rename, fsync)."""
         self.publish(self.stage(data, tag), state, name)
