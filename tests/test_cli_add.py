@@ -711,3 +711,10 @@ def test_permanent_exit_codes_from_toml(taskq, spool):
     (spool / "taskq.toml").write_text("permanent_exit_codes = [64, 65]\n")
     assert record(spool, taskq.add("true"))["permanent_exit_codes"] == [64, 65]
     assert record(spool, taskq.add("true", options=["--permanent-exit", "3"]))["permanent_exit_codes"] == [3]
+
+
+def test_batch_refuses_other_job_options(taskq, spool):
+    proc = taskq("add", "--batch", "-", "--priority", "3", input='{"command": ["true"]}\n')
+    assert proc.returncode == 2
+    assert "--batch" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (spool / "pending").exists() or not any((spool / "pending").iterdir())

@@ -88,6 +88,10 @@ def add(
     if batch is not None:
         if command:
             raise ValidationError("--batch takes no COMMAND")
+        given = [name, payload, payload_file, env, cwd, priority, delay, at, max_attempts, backoff,
+                 backoff_max, timeout, unique_key, permanent_exit, after]
+        if shell or any(value is not None for value in given):
+            raise ValidationError("--batch takes no other job options: give the fields in each line")
         numbered = _read_batch(batch)
         jobs = api.add_batch([r for _, r in numbered], line_numbers=[n for n, _ in numbered])
         for job in jobs:
