@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 
-def _command(argv: list[str]) -> str | None:
+def subcommand(argv: list[str]) -> str | None:
     """The subcommand name: the first word that is not a global option or its value."""
     skip = False
     for arg in argv:
@@ -22,7 +22,7 @@ def _command(argv: list[str]) -> str | None:
 
 
 def main() -> None:
-    if _command(sys.argv[1:]) == "work":
+    if subcommand(sys.argv[1:]) == "work":
         from .stopping import install
 
         install()
