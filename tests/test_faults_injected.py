@@ -1137,3 +1137,31 @@ def test_min_free_guard_on_a_small_filesystem(taskq, tiny_fs):
     taskq.add("true", spool=spool)
     taskq("work", "--burst", spool=spool, check=True, timeout=60)
     assert [s[0] for s in where(spool).values()] == ["done", "done"]
+
+
+def test_failed_start_puts_the_job_back_uncounted(tmp_path, monkeypatch):
+    """When recording the attempt fails, nothing ran: the worker puts the job back to
+    pending/ with no attempt recorded (not a "worker lost" that would use up its budget),
+    and runs it on its next try."""
+    from taskq import lifecycle
+    from taskq.errors import SpoolError
+
+    ctx = Ctx(tmp_path / "spool")
+    job_id = add_job(ctx, max_attempts=1)
+    real = lifecycle.start_attempt
+    calls = []
+
+    def failing_once(sd, claimed, now):
+        calls.append(claimed.job.id)
+        if len(calls) == 1:
+            raise SpoolError("cannot write: disk full")
+        return real(sd, claimed, now)
+
+    monkeypatch.setattr(lifecycle, "start_attempt", failing_once)
+    code, log = _run_worker(ctx.root)
+    assert code == 0
+    assert calls == [job_id, job_id], log
+    assert f"cannot start {job_id}" in log
+    record = read_record(ctx.root, job_id)
+    assert state_of(ctx.root, job_id) == "done", log
+    assert [a["error"] for a in record["attempts"]] == [None], record["attempts"]

@@ -468,6 +468,7 @@ def main() -> None:
     """Console-script entry point: run the app, map errors to exit codes."""
     from ._entry import subcommand
 
+    everything = list(app.registered_commands)
     _only(subcommand(sys.argv[1:]))
     try:
         app()
@@ -488,3 +489,5 @@ def main() -> None:
         where = f" {exc.filename}" if exc.filename else ""
         sys.stderr.write(f"taskq: {exc.strerror or exc}{where}\n")
         sys.exit(1)
+    finally:
+        app.registered_commands[:] = everything  # main() may run again in one process

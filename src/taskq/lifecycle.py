@@ -91,6 +91,17 @@ def start_attempt(sd: SpoolDir, claimed: Claimed, now: float) -> Attempt:
     return attempt
 
 
+def unclaim(sd: SpoolDir, claimed: Claimed, not_before: float) -> None:
+    """Put a claimed job whose attempt never started back to pending/, with no attempt
+    recorded, ready again at *not_before* at the earliest. Releases the run lock."""
+    job = claimed.job
+    try:
+        run_at = max(job.run_at_ts, not_before)
+        apply(sd, job, Decision("pending", run_at=run_at, last_error=job.last_error), times.now())
+    finally:
+        claimed.lock.release(remove=True)
+
+
 def settle(sd: SpoolDir, claimed: Claimed, outcome: Outcome, now: float, jitter: float) -> Decision:
     """Record how the current attempt ended, decide, and move the job (done/, failed/,
     or back to pending/ at its retry time). Releases the run lock."""

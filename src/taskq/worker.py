@@ -440,9 +440,15 @@ class Worker:
             try:
                 attempt = lifecycle.start_attempt(self.sd, claimed, times.now())
             except SpoolError as exc:
-                # The job stays in running/ unowned; recovery returns it to pending/.
+                # Nothing ran: put the job back as it was, uncounted. If even that
+                # fails, it stays in running/ unowned and recovery returns it. The
+                # pause keeps this slot busy a moment, so a failing disk is not hammered.
                 self.event(f"cannot start {job.id}: {exc}")
-                claimed.lock.release(remove=False)
+                try:
+                    lifecycle.unclaim(self.sd, claimed, times.now())
+                except SpoolError:
+                    claimed.lock.release(remove=False)
+                time.sleep(CLAIM_RETRY)
                 return
             name = f" ({job.name})" if job.name else ""
             self.event(f"claimed {job.id}{name} attempt {attempt.number}"
