@@ -221,14 +221,20 @@ def work(
         raise ValidationError("must be >= 1", "--concurrency")
     if max_jobs is not None and max_jobs < 1:
         raise ValidationError("must be >= 1", "--max-jobs")
-    worker = Worker(
-        _spool(ctx, spool),
-        concurrency=concurrency,
-        burst=burst,
-        max_jobs=max_jobs,
-        grace=times.parse_duration(grace, "--grace"),
-    )
-    raise typer.Exit(worker.run())
+    api = _spool(ctx, spool)
+    grace_s = times.parse_duration(grace, "--grace")
+    view = None
+    if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+        from .render import LiveView  # a live panel for people; plain lines when piped
+
+        view = LiveView(api.path, concurrency)
+    worker = Worker(api, concurrency=concurrency, burst=burst, max_jobs=max_jobs, grace=grace_s, view=view)
+    try:
+        code = worker.run()
+    finally:
+        if view is not None:
+            view.stop()
+    raise typer.Exit(code)
 
 
 # -- inspect -----------------------------------------------------------------------------

@@ -197,3 +197,39 @@ def job_lines(job: Job) -> list[str]:
 
 def print_job(job: Job) -> None:
     sys.stdout.write("\n".join(job_lines(job)) + "\n")
+
+
+# -- the worker's live view ----------------------------------------------------------------
+
+
+class LiveView:
+    """``taskq work`` on a terminal: event lines scroll above a panel showing the
+    spool's counts and this worker's running jobs."""
+
+    def __init__(self, spool: str, concurrency: int) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(stderr=True)
+        self.spool = spool
+        self.concurrency = concurrency
+        self.live = Live(console=self.console, auto_refresh=False, transient=True)
+        self.live.start()
+
+    def event(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def update(self, state: str, counts: dict[str, int], rows: list[tuple[str, str, str, float]]) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"taskq work: {state}, {len(rows)}/{self.concurrency} running",
+                      caption=f"{self.spool}: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+                      title_justify="left", caption_justify="left", expand=False)
+        for col in ("running job", "name", "attempt", "for"):
+            table.add_column(col)
+        for job_id, name, attempt, runtime in rows:
+            table.add_row(job_id, name, attempt, times.format_duration(runtime))
+        self.live.update(table, refresh=True)
+
+    def stop(self) -> None:
+        self.live.stop()

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import lifecycle, times
 from .api import Spool
@@ -32,6 +32,9 @@ from .runner import Control, become_subreaper, run_attempt
 from .spool import PendingName, parse_pending_name
 from .stopping import STOP, StopState
 from .watch import Watcher
+
+if TYPE_CHECKING:
+    from .render import LiveView
 
 #: How often running/ is scanned for jobs of dead workers.
 RECOVERY_PERIOD = 5.0
@@ -141,6 +144,9 @@ class Worker:
     grace: float = 30.0
     stop: StopState = STOP
     log: TextIO = field(default_factory=lambda: sys.stderr)
+    #: Called with the event lines and a snapshot of running jobs, to draw a live view
+    #: (on a terminal); None = plain event lines on *log*.
+    view: "LiveView | None" = None
 
     def __post_init__(self) -> None:
         self.sd = self.spool.dir
@@ -172,6 +178,9 @@ class Worker:
     def event(self, message: str) -> None:
         line = f"taskq[{os.getpid()}] {times.iso(times.now())} {message}\n"
         with self._log_lock:
+            if self.view is not None:
+                self.view.event(line.rstrip("\n"))
+                return
             try:
                 self.log.write(line)
                 self.log.flush()
@@ -216,13 +225,35 @@ class Worker:
                         self._fill(now)
                     if self.burst and not self.running and (paused or self._disk_low or not self._any_ready(now)):
                         break
+                if self.view is not None:
+                    self._draw(now)
                 self._wait(self._timeout(now))
         finally:
+            if self.view is not None:
+                self.view.stop()
             self.watcher.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
         self.event("worker stopped")
         return 130 if self.stop.hard else 0
+
+    def _draw(self, now: float) -> None:
+        """Refresh the live view (at most about once a second)."""
+        if now - getattr(self, "_last_draw", 0.0) < 0.5:
+            return
+        self._last_draw = now
+        rows = []
+        for job_id, run in list(self.running.items()):
+            job = run.claimed.job
+            attempt = job.current_attempt
+            started = times.parse_iso(attempt.started_at) if attempt else now
+            rows.append((job_id, job.name or "", str(attempt.number) if attempt else "-", now - started))
+        try:
+            counts = {st: len(self.sd.names(st)) for st in ("pending", "running", "done", "failed")}
+        except TaskqError:
+            counts = {}
+        state = "stopping" if self.stop.requested else ("paused" if self.sd.is_paused() else "working")
+        self.view.update(state, counts, rows)
 
     def _stopping(self, now: float) -> bool:
         """Handle a requested stop; False once nothing of ours is running."""
