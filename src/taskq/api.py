@@ -370,6 +370,7 @@ class Spool:
                 lock.release(remove=True)
         if purged:
             self.dir.sync_dir(state)
+            self.dir.drop_keys(set(purged))
         return purged
 
     def log_path(self, job_id: str) -> str:

@@ -504,6 +504,28 @@ class SpoolDir:
         assert lock is not None
         return lock
 
+    def drop_keys(self, holders: set[str]) -> int:
+        """Remove the unique-key files held by *holders* (purged jobs) or by nobody,
+        so keys/ does not grow with every distinct key ever used. A key file in use
+        by an ``add`` at this moment is left alone. Returns how many were removed."""
+        keys = os.path.join(self.root, KEYS_DIR)
+        try:
+            names = os.listdir(keys)
+        except FileNotFoundError:
+            return 0
+        removed = 0
+        for name in names:
+            if name.startswith("."):
+                continue
+            lock = self._flock(os.path.join(keys, name), blocking=False)
+            if lock is None:
+                continue
+            holder = self.read_lock_file(lock)
+            stale = not holder or holder in holders
+            removed += stale
+            lock.release(remove=stale)
+        return removed
+
     def _flock(self, path: str, blocking: bool) -> Lock | None:
         while True:
             try:
