@@ -22,6 +22,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import pytest
 
+# Helpers shared by the test modules: their asserts report like the tests' own.
+pytest.register_assert_rewrite("workerutil")
+
+from workerutil import LAYOUT  # noqa: E402 - after the rewrite is registered
+from workerutil import files as state_files  # noqa: E402
+
 #: Variables that change taskq's behaviour; removed from the inherited environment.
 _SCRUBBED = ("TASKQ_SPOOL", "TASKQ_DEBUG", "NO_COLOR", "FORCE_COLOR", "XDG_DATA_HOME")
 
@@ -59,7 +65,7 @@ def spool(tmp_path: Path) -> Path:
 
 
 #: The spool's directories (CONTRACT §3).
-SPOOL_DIRS = ("tmp", "pending", "running", "done", "failed", "logs")
+SPOOL_DIRS = LAYOUT
 
 
 @pytest.fixture
@@ -210,18 +216,11 @@ def run_taskq(taskq: TaskqRunner) -> TaskqRunner:
 # -- small helpers shared through fixtures ----------------------------------------------
 
 
-def _files(path: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except FileNotFoundError:
-        return []
-
-
 @pytest.fixture
 def spool_files():
     """``spool_files(spool, "pending")``: sorted names in one spool directory ([] if missing)."""
 
     def files(spool_path: Union[str, os.PathLike[str]], state: str) -> list[str]:
-        return _files(Path(spool_path) / state)
+        return state_files(Path(spool_path), state)
 
     return files

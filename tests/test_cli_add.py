@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 import taskq as taskq_api
+from workerutil import assert_one_line_error
+from workerutil import files as ls
 
 ID_LINE = re.compile(r"^[A-Za-z0-9_-]+\n$")
 ISO_Z_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3,}Z$")
@@ -21,13 +23,6 @@ MISSING_ID = "01AAAAAAAAAAAAAAAAAAAAAAAA"
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def ls(spool: Path, state: str) -> list[str]:
-    try:
-        return sorted(n for n in os.listdir(spool / state))
-    except FileNotFoundError:
-        return []
 
 
 def pending_records(spool: Path) -> list[dict]:
@@ -53,17 +48,6 @@ def ts(stamp: str) -> float:
 
 def utc_iso(*args: int) -> str:
     return datetime(*args, tzinfo=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def assert_nothing_enqueued(spool: Path) -> None:

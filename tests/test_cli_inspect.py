@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 import taskq as taskq_api
+from workerutil import assert_one_line_error
+from workerutil import files as ls
 
 ISO_Z_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3,}Z$")
 ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -36,13 +38,6 @@ ATTEMPT_FIELDS = ("number", "started_at", "finished_at", "exit_code", "signal", 
 # -- helpers -------------------------------------------------------------------------------
 
 
-def ls(spool: Path, state: str) -> list[str]:
-    try:
-        return sorted(os.listdir(spool / state))
-    except FileNotFoundError:
-        return []
-
-
 def pending_path(spool: Path, job_id: str) -> Path:
     (name,) = [n for n in ls(spool, "pending") if f".{job_id}." in n]
     return spool / "pending" / name
@@ -58,17 +53,6 @@ def move(spool: Path, job_id: str, state: str, **changes) -> Path:
     dest = spool / state / f"{job_id}.json"
     os.rename(src, dest)
     return dest
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def assert_record(rec: dict) -> None:

@@ -43,10 +43,11 @@ from taskq.policy import Outcome
 from taskq.spool import FileIO, parse_pending_name
 from taskq.stopping import StopState
 from taskq.worker import Worker
+from workerutil import STATES
+from workerutil import files as ls
 
 METHODS = ("write_new", "fsync", "fsync_dir", "rename", "link", "unlink")
 ERRNOS = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO, "EACCES": errno.EACCES}
-STATES = ("pending", "running", "done", "failed")
 _ORIG = {m: getattr(FileIO, m) for m in METHODS}
 
 #: Every fault that fired, by (suite, operation, method, errno name): summarised at the end.
@@ -197,13 +198,6 @@ def where(root: Path) -> dict[str, list[str]]:
                 key = name[:-5]
             out.setdefault(key, []).append(state)
     return out
-
-
-def ls(root: Path, state: str) -> list[str]:
-    try:
-        return sorted(os.listdir(root / state))
-    except FileNotFoundError:
-        return []
 
 
 def state_of(root: Path, job_id: str) -> Optional[str]:
@@ -846,6 +840,26 @@ def _run_worker(root: Path, timeout: float = 20.0, **kw: Any) -> tuple[int, str]
     return result["code"], log.getvalue()
 
 
+def _run_worker_for_a_while(root: Path, inj: Injector, monkeypatch, seconds: float = 10.0) -> io.StringIO:
+    """A worker that is not in burst mode (two jobs at most, periodic recovery every
+    0.3 s), in a thread of this process, on *root* for *seconds*; then the injector is
+    disarmed and the worker stopped if it still runs. Returns its log."""
+    import taskq.worker as worker_mod
+
+    monkeypatch.setattr(worker_mod, "RECOVERY_PERIOD", 0.3)
+    log = io.StringIO()
+    stop = StopState()
+    worker = Worker(taskq.Spool(root), max_jobs=2, log=log, stop=stop)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    inj.disarm()
+    if thread.is_alive():
+        stop.request(hard=True)
+        thread.join(10)
+    return log
+
+
 def _worker_final_check(ctx: Ctx, log: str) -> None:
     found = where(ctx.root)
     assert all(len(s) == 1 for s in found.values()), found
@@ -896,23 +910,11 @@ def test_burst_worker_survives_every_fault_and_the_next_one_drains(tmp_path, inj
 def test_worker_retries_a_claim_that_failed_without_a_restart(tmp_path, inj, monkeypatch):
     """A transient error on the claim's rename leaves the job in pending/: the same
     worker claims it again later (it is not forgotten until the worker restarts)."""
-    import taskq.worker as worker_mod
-
-    monkeypatch.setattr(worker_mod, "RECOVERY_PERIOD", 0.3)
     ctx = Ctx(tmp_path / "spool")
     first = add_job(ctx, priority=9)
     second = add_job(ctx)
     inj.arm(Plan("rename", 1, errno.EIO), ("worker", "claim-again"))
-    log = io.StringIO()
-    stop = StopState()
-    worker = Worker(taskq.Spool(ctx.root), max_jobs=2, log=log, stop=stop)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    thread.join(10)
-    inj.disarm()
-    if thread.is_alive():
-        stop.request(hard=True)
-        thread.join(10)
+    log = _run_worker_for_a_while(ctx.root, inj, monkeypatch)
     assert inj.fired == 1
     assert f"cannot claim {first}" in log.getvalue()
     assert state_of(ctx.root, second) == "done", log.getvalue()
@@ -923,24 +925,12 @@ def test_worker_retries_a_claim_that_failed_without_a_restart(tmp_path, inj, mon
 def test_worker_takes_in_a_drop_in_again_after_a_failed_attempt(tmp_path, inj, monkeypatch):
     """A drop-in file the worker could not take in (its rename failed) is taken in
     later by the same worker, not only after a restart."""
-    import taskq.worker as worker_mod
-
-    monkeypatch.setattr(worker_mod, "RECOVERY_PERIOD", 0.3)
     ctx = Ctx(tmp_path / "spool")
     add_job(ctx)  # creates the spool
     ctx.sd.names("pending")
     (ctx.root / "pending" / "late.json").write_text(json.dumps({"command": ["true"]}))
     inj.arm(Plan("rename", 1, errno.EIO), ("worker", "drop-in-again"))
-    log = io.StringIO()
-    stop = StopState()
-    worker = Worker(taskq.Spool(ctx.root), max_jobs=2, log=log, stop=stop)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    thread.join(10)
-    inj.disarm()
-    if thread.is_alive():
-        stop.request(hard=True)
-        thread.join(10)
+    log = _run_worker_for_a_while(ctx.root, inj, monkeypatch)
     assert inj.fired == 1
     text = log.getvalue()
     assert "cannot take in pending/late.json" in text, text
@@ -951,23 +941,11 @@ def test_worker_takes_in_a_drop_in_again_after_a_failed_attempt(tmp_path, inj, m
 def test_stranded_job_recovered_by_the_running_worker(tmp_path, inj, monkeypatch):
     """A claim whose directory fsync failed leaves the job in running/ with no owner;
     the same worker's periodic recovery brings it back and runs it."""
-    import taskq.worker as worker_mod
-
-    monkeypatch.setattr(worker_mod, "RECOVERY_PERIOD", 0.3)
     ctx = Ctx(tmp_path / "spool")
     first = add_job(ctx, priority=9)
     second = add_job(ctx)
     inj.arm(Plan("fsync_dir", 1, errno.EIO), ("worker", "stranded"))
-    log = io.StringIO()
-    stop = StopState()
-    worker = Worker(taskq.Spool(ctx.root), max_jobs=2, log=log, stop=stop)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    thread.join(10)
-    inj.disarm()
-    if thread.is_alive():
-        stop.request(hard=True)
-        thread.join(10)
+    log = _run_worker_for_a_while(ctx.root, inj, monkeypatch)
     assert inj.fired == 1
     text = log.getvalue()
     assert f"cannot claim {first}" in text

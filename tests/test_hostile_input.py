@@ -23,8 +23,8 @@ import taskq as taskq_pkg
 from taskq.errors import ValidationError
 from taskq.job import MAX_PAYLOAD_BYTES
 from taskq.spool import MAX_FILE_BYTES, parse_pending_name
-
-STATES = ("pending", "running", "done", "failed")
+from workerutil import STATES
+from workerutil import files as ls
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -49,13 +49,6 @@ def burst(taskq, **kwargs: Any):
     assert proc.returncode == 0, f"worker exit {proc.returncode}\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr[-3000:]
     return proc
-
-
-def ls(spool: Path, state: str) -> list[str]:
-    try:
-        return sorted(os.listdir(spool / state))
-    except FileNotFoundError:
-        return []
 
 
 def where(spool: Path) -> dict[str, str]:

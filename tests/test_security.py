@@ -16,10 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from workerutil import alive, wait_for, workers  # noqa: F401 - fixture
-
-STATES = ("pending", "running", "done", "failed")
-LAYOUT = ("tmp", "pending", "running", "done", "failed", "logs")
+from workerutil import LAYOUT, STATES, alive, sh, wait_for, workers  # noqa: F401 - fixture
 
 
 def mode(path: Path) -> int:
@@ -36,10 +33,6 @@ def run_umask0(taskq, *args: str, input: str | None = None, **env: str) -> subpr
 def find_pending(spool: Path, job_id: str) -> Path:
     (name,) = [n for n in os.listdir(spool / "pending") if f".{job_id}." in n]
     return spool / "pending" / name
-
-
-def sh(code: str) -> list[str]:
-    return ["/bin/sh", "-c", code]
 
 
 # -- modes --------------------------------------------------------------------------------------

@@ -32,16 +32,8 @@ from taskq.errors import (
 )
 from taskq.job import Job
 from taskq.spool import parse_pending_name
-
-LAYOUT = ("tmp", "pending", "running", "done", "failed", "logs")
-STATES = ("pending", "running", "done", "failed")
-
-
-def ls(spool: Path, state: str) -> list[str]:
-    try:
-        return sorted(os.listdir(spool / state))
-    except FileNotFoundError:
-        return []
+from workerutil import LAYOUT
+from workerutil import files as ls
 
 
 def pending_file(spool: Path, job_id: str) -> Path:

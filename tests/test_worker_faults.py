@@ -20,6 +20,7 @@ from workerutil import (  # noqa: F401 - workers and strays are fixtures
     record,
     script,
     sh,
+    sigterm_caught,
     state_of,
     strays,
     wait_for,
@@ -33,18 +34,6 @@ def lines(path: Path) -> list[list[str]]:
         return [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
     except FileNotFoundError:
         return []
-
-
-def sigterm_caught(pid: int) -> bool:
-    """Whether *pid* has a handler installed for SIGTERM (SigCgt in /proc/PID/status)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("SigCgt:"):
-                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-    except OSError:
-        pass
-    return False
 
 
 # -- graceful stop -------------------------------------------------------------------------

@@ -1,9 +1,13 @@
-"""Helpers for the worker's black-box tests: background ``taskq work`` processes with
-their output captured to files, waiting for conditions with a deadline, reading job
-records straight from the spool, and cleaning up processes a test leaves behind.
+"""Helpers shared by the black-box tests: background ``taskq work`` processes with
+their output captured to files, waiting for conditions with a deadline, process
+figures from /proc, reading job records and directory listings straight from the
+spool, checking a command's one-line error, and cleaning up processes a test leaves
+behind.
 
 Plain module (not a conftest): test modules import what they use. The fixtures
-``workers`` and ``strays`` are imported into the test modules that need them.
+``workers`` and ``strays`` are imported into the test modules that need them. The
+torture tests' ``torture/support.py`` builds on this module, and
+``benchmarks/soak.py`` takes its /proc helper from it.
 """
 
 from __future__ import annotations
@@ -22,23 +26,33 @@ import pytest
 
 
 STATES = ("pending", "running", "done", "failed")
+#: The spool's directories (CONTRACT §3).
+LAYOUT = ("tmp", "pending", "running", "done", "failed", "logs")
 PY = sys.executable
 
 
 # -- waiting ---------------------------------------------------------------------------
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
-             message: str = "condition") -> Any:
-    """Poll *cond* until it returns something truthy; fail the test after *timeout* s."""
+def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll *cond* until it returns something truthy; return that, or None on timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
         if value:
             return value
         if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {message}", pytrace=False)
+            return None
         time.sleep(interval)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+             message: str = "condition") -> Any:
+    """Poll *cond* until it returns something truthy; fail the test after *timeout* s."""
+    value = wait_until(cond, timeout, interval)
+    if not value:
+        pytest.fail(f"timed out after {timeout:g}s waiting for {message}", pytrace=False)
+    return value
 
 
 # -- processes -------------------------------------------------------------------------
@@ -64,12 +78,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_kib(pid: int) -> int:
+    """VmRSS of *pid* in KiB (from /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def sigterm_caught(pid: int) -> bool:
+    """Whether *pid* has a SIGTERM handler installed (SigCgt in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    except OSError:
+        pass
+    return False
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             return fh.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def started(worker: Any) -> bool:
+    """Whether a background worker has logged its start, or has already exited."""
+    return "worker started" in worker.stderr() or worker.proc.poll() is not None
 
 
 class BackgroundWorker:
@@ -100,8 +140,7 @@ class BackgroundWorker:
     def wait_started(self, timeout: float = 15.0, settle: float = 0.3) -> None:
         """Wait until the worker has logged its start, then *settle* seconds more so
         that it has finished its start-up scans and sits idle."""
-        wait_for(lambda: "worker started" in self.stderr() or self.proc.poll() is not None,
-                 timeout, message=f"worker {self.pid} to start")
+        wait_for(lambda: started(self), timeout, message=f"worker {self.pid} to start")
         if self.proc.poll() is not None:
             pytest.fail(f"worker exited early with {self.proc.returncode}:\n{self.stderr()}", pytrace=False)
         time.sleep(settle)
@@ -293,3 +332,17 @@ def burst(taskq: Any, *args: str, timeout: float = 30.0, **kwargs: Any) -> subpr
     """``taskq work --burst ARGS`` to completion; exit 0 expected."""
     kwargs.setdefault("check", True)
     return taskq("work", "--burst", *args, timeout=timeout, **kwargs)
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]

@@ -2,7 +2,9 @@
 the job script that logs its runs, reading a drained spool, and process figures from
 /proc.
 
-Plain module; the fixtures built on it are in this package's ``conftest.py``.
+Plain module; the fixtures built on it are in this package's ``conftest.py``. What the
+other black-box tests use too (waiting, /proc, listings, background workers) comes
+from ``workerutil`` and is imported here, so the torture tests find it all in one place.
 """
 
 from __future__ import annotations
@@ -13,11 +15,21 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-STATES = ("pending", "running", "done", "failed")
+from workerutil import (  # noqa: F401 - STATES, iso_ts, rss_kib, started: re-exported to the tests
+    STATES,
+    BackgroundWorker,
+    alive,
+    cmdline,
+    iso_ts,
+    rss_kib,
+    sigterm_caught,
+    started,
+    wait_until,
+)
+from workerutil import files as listing
 
 #: TASKQ_LONG=1 selects the long versions of the reliability tests.
 LONG = os.environ.get("TASKQ_LONG", "") not in ("", "0")
@@ -34,61 +46,7 @@ echo "end $TASKQ_JOB_ID $TASKQ_ATTEMPT $$ $PPID $(date +%s%N)" >> "$1"
 """
 
 
-# -- waiting ------------------------------------------------------------------------------
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    """Poll *cond* until it returns something truthy; return that, or None on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
-
-
 # -- processes ----------------------------------------------------------------------------
-
-
-def alive(pid: int) -> bool:
-    """Whether *pid* is a live process (a zombie does not count)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:].split()[0] not in (b"Z", b"X")
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def sigterm_caught(pid: int) -> bool:
-    """Whether *pid* has a SIGTERM handler installed (SigCgt in /proc/PID/status)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("SigCgt:"):
-                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-    except OSError:
-        pass
-    return False
-
-
-def rss_kib(pid: int) -> int:
-    """VmRSS of *pid* in KiB (from /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def open_fds(pid: int) -> int:
@@ -110,22 +68,14 @@ def kill_job_groups(pids: set[int], marker: str) -> int:
     return n
 
 
-@dataclass
-class Worker:
-    proc: subprocess.Popen
-    err: Path
-    args: tuple[str, ...]
-    killed: bool = False
+class Worker(BackgroundWorker):
+    """A worker of a :class:`Fleet`: stdout discarded, stderr in the file *err*;
+    ``killed`` once the fleet has SIGKILLed it."""
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stderr(self) -> str:
-        try:
-            return self.err.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+    def __init__(self, proc: subprocess.Popen, err: Path, args: tuple[str, ...]) -> None:
+        super().__init__(proc, Path(os.devnull), err)
+        self.args = args
+        self.killed = False
 
 
 @dataclass
@@ -190,15 +140,7 @@ class Fleet:
 
     def close(self) -> None:
         for w in self.workers:
-            if w.proc.poll() is None:
-                try:
-                    os.kill(w.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                w.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
+            w.stop()
 
 
 BAD_EVENTS = ("Traceback", "internal error", "cannot ")
@@ -210,13 +152,6 @@ def bad_event_lines(text: str) -> list[str]:
 
 
 # -- the spool ----------------------------------------------------------------------------
-
-
-def listing(spool: Path, state: str) -> list[str]:
-    try:
-        return sorted(os.listdir(spool / state))
-    except FileNotFoundError:
-        return []
 
 
 def jsons(spool: Path, state: str) -> list[str]:
@@ -234,14 +169,6 @@ def id_of(state: str, name: str) -> str:
         parts = name.split(".")
         return parts[2] if len(parts) >= 4 else name
     return name[:-5]
-
-
-def iso_ts(text: str) -> float:
-    s = text[:-1] + "+00:00" if text.endswith("Z") else text
-    dt = datetime.fromisoformat(s)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
 
 
 def batch_lines(records: list[dict]) -> str:

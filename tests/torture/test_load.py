@@ -40,6 +40,7 @@ from .support import (
     open_fds,
     report,
     rss_kib,
+    started,
     wait_until,
 )
 
@@ -57,10 +58,6 @@ def idle_figures(pid: int) -> dict:
         samples.append((rss_kib(pid), open_fds(pid)))
         time.sleep(0.2)
     return {"rss_kib": min(s[0] for s in samples), "fds": min(s[1] for s in samples)}
-
-
-def started(worker) -> bool:
-    return "worker started" in worker.stderr() or worker.proc.poll() is not None
 
 
 def test_load_exactly_once(taskq, fleets, tmp_path):

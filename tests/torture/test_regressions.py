@@ -19,11 +19,7 @@ import json
 import os
 import time
 
-from .support import drained, jsons, listing, wait_until
-
-
-def started(worker) -> bool:
-    return "worker started" in worker.stderr() or worker.proc.poll() is not None
+from .support import drained, jsons, listing, started, wait_until
 
 
 def test_ready_job_is_claimed_once_its_busy_lock_is_free(taskq, spool, tmp_path, fleets):
