@@ -162,6 +162,8 @@ class Worker:
         self._last_recovery = 0.0
         self._last_tmp_clean = 0.0
         self._disk_low = False
+        self._last_draw = 0.0
+        self._stop_deadline: float | None = None
         self._rng = random.Random()
         #: Drop-in files that could not be taken in (an I/O error): tried again later.
         self._retry_foreign: set[str] = set()
@@ -197,8 +199,7 @@ class Worker:
         self.sd.check_safe()
         config = self.spool.config
         become_subreaper()
-        for label in ("pending",):
-            self.watcher.add(self.sd.dir(label), label)
+        self.watcher.add(self.sd.dir("pending"), "pending")
         for label in ("done", "failed", "running"):
             self.watcher.add(self.sd.dir(label), label, added_only=True)
         self.event(f"worker started on {self.sd.root} (concurrency {self.concurrency}"
@@ -239,7 +240,7 @@ class Worker:
 
     def _draw(self, now: float) -> None:
         """Refresh the live view (at most about once a second)."""
-        if now - getattr(self, "_last_draw", 0.0) < 0.5:
+        if now - self._last_draw < 0.5:
             return
         self._last_draw = now
         rows = []
@@ -257,7 +258,7 @@ class Worker:
 
     def _stopping(self, now: float) -> bool:
         """Handle a requested stop; False once nothing of ours is running."""
-        if not hasattr(self, "_stop_deadline"):
+        if self._stop_deadline is None:
             self._stop_deadline = now + self.grace
             if self.running:
                 self.event(f"stopping: waiting up to {self.grace:g}s for {len(self.running)} running job(s)")
