@@ -388,8 +388,7 @@ class Spool:
             check_id(job_id)
         self.dir.require()
         for job_id in job_ids:
-            if self.dir.locate(job_id) is None:
-                raise JobNotFoundError(job_id)
+            self.get(job_id)  # JobNotFoundError (a drop-in that gives its id counts)
         from .watch import Watcher  # noqa: PLC0415
 
         watcher = Watcher()
@@ -506,7 +505,32 @@ class Spool:
                 return self._load(*found)
             except FileNotFoundError:
                 continue  # it moved while we read it: look again
+        for job in self._dropins():
+            if job.id == job_id:
+                return job
         raise JobNotFoundError(job_id)
+
+    def _dropins(self) -> list[Job]:
+        """Drop-in files in pending/ that give an ``id`` and that no worker has taken in
+        yet, as the jobs they will become (defaults filled, nothing written). Files
+        without an id get one only when a worker takes them in: they are not shown."""
+        jobs = []
+        for entry in self.dir.entries("pending"):
+            if parse_pending_name(entry.name) is not None:
+                continue
+            try:
+                data = parse_json_bytes(self.dir.read("pending", entry.name))
+                if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+                    continue
+                dropped = entry.stat(follow_symlinks=False).st_mtime
+                config = self.config
+                job = build(data, now=dropped, default_cwd=os.getcwd(),
+                            defaults=config.defaults, tasks=config.tasks)
+            except (FileNotFoundError, OSError, SpoolError, ValidationError):
+                continue  # gone, or not a valid job: a worker will file it in failed/
+            job.state = "pending"
+            jobs.append(job)
+        return jobs
 
     def list(self, state: str | None = None, limit: int | None = 50) -> list[Job]:
         """Jobs, newest first by ``created_at``; one *state* or all; at most *limit*."""
@@ -528,11 +552,16 @@ class Spool:
                     except (FileNotFoundError, ValueError):
                         created = 0.0
                 found.append((created, job_id, st, name))
+        dropins = {job.id: job for job in self._dropins()} if state in (None, "pending") else {}
+        found += [(job.created_ts, job.id, "pending", "") for job in dropins.values()]
         found.sort(reverse=True)
         jobs: list[Job] = []
-        for _, _, st, name in found:
+        for _, job_id, st, name in found:
             if limit is not None and len(jobs) >= limit:
                 break
+            if not name:
+                jobs.append(dropins[job_id])
+                continue
             try:
                 jobs.append(self._load(st, name))
             except FileNotFoundError:
