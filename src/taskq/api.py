@@ -378,6 +378,12 @@ class Spool:
         self.get(job_id)
         return self.dir.log_path(job_id)
 
+    def read_log(self, job_id: str, offset: int = 0) -> bytes:
+        """The job's output from byte *offset* on: every attempt, each under its header
+        line (empty before its first run). Raises JobNotFoundError."""
+        self.get(job_id)
+        return self.dir.read_log(job_id, offset)
+
     def wait(self, job_ids: Sequence[str], timeout: float | None = None) -> dict[str, str]:
         """Block until every job is settled (done/ or failed/); return id → state.
 

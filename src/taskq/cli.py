@@ -315,23 +315,12 @@ def logs(
     import time
 
     api = _spool(ctx, spool)
-    path = api.log_path(job_id)
-    out = sys.stdout.buffer
     pos = 0
     while True:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fd = -1
-        if fd >= 0:
-            try:
-                os.lseek(fd, pos, os.SEEK_SET)
-                while chunk := os.read(fd, 65536):
-                    out.write(chunk)
-                    pos += len(chunk)
-            finally:
-                os.close(fd)
-            out.flush()
+        chunk = api.read_log(job_id, pos)
+        pos += len(chunk)
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
         if not follow:
             return
         if api.get(job_id).state in ("done", "failed"):

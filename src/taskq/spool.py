@@ -460,8 +460,9 @@ class SpoolDir:
     def locate(self, job_id: str) -> tuple[str, str] | None:
         """Find the job *job_id*: its (state, file name), or None.
 
-        A job moves between directories while we look, so a miss is confirmed by a
-        second full pass before it is believed.
+        A job moves between directories while we look (and may move from one not yet
+        looked at into one already looked at), so a miss is believed only after three
+        full passes.
         """
         target = f".{job_id}.json"
         target_deps = f".{job_id}.after.json"
@@ -473,8 +474,6 @@ class SpoolDir:
                 if name.endswith(target) or name.endswith(target_deps):
                     if parse_pending_name(name):
                         return "pending", name
-            if self.has("running", f"{job_id}.json"):
-                return "running", f"{job_id}.json"
         return None
 
     # -- locks -------------------------------------------------------------------------
@@ -597,6 +596,23 @@ class SpoolDir:
 
     def log_path(self, job_id: str) -> str:
         return self.path("logs", f"{job_id}.log")
+
+    def read_log(self, job_id: str, offset: int) -> bytes:
+        """The job's log from byte *offset* on (empty if it has no log yet)."""
+        try:
+            fd = os.open(self.log_path(job_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            raise self._error("read", self.log_path(job_id), exc) from None
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def open_log(self, job_id: str) -> int:
         """Open the job's log for appending (created 0600; never through a symlink)."""

@@ -77,7 +77,7 @@ class PendingIndex:
         self.present.add(name)
         self.entries[name] = entry
         if entry.run_key <= now_key:
-            heapq.heappush(self.ready, (entry.prio_key, entry.id, name))
+            self.push(entry)
         else:
             heapq.heappush(self.scheduled, (entry.run_key, name))
 
@@ -87,13 +87,17 @@ class PendingIndex:
         self.foreign.discard(name)
         self.blocked.pop(name, None)
 
+    def push(self, entry: PendingName) -> None:
+        """Make *entry* a candidate for the next claims (it is ready by its time)."""
+        heapq.heappush(self.ready, (entry.prio_key, entry.id, entry.name))
+
     def promote(self, now_key: str) -> None:
         """Move entries whose run_at has come from the scheduled heap to the ready one."""
         while self.scheduled and self.scheduled[0][0] <= now_key:
             _, name = heapq.heappop(self.scheduled)
             entry = self.entries.get(name)
             if entry is not None:
-                heapq.heappush(self.ready, (entry.prio_key, entry.id, name))
+                self.push(entry)
 
     def pop(self) -> PendingName | None:
         while self.ready:
@@ -113,7 +117,7 @@ class PendingIndex:
     def unblock(self) -> None:
         for name, entry in self.blocked.items():
             if name in self.entries:
-                heapq.heappush(self.ready, (entry.prio_key, entry.id, name))
+                self.push(entry)
         self.blocked.clear()
 
     def next_due(self) -> str | None:
@@ -369,16 +373,22 @@ class Worker:
         self.index.unblock()
         entry = self.index.pop()
         while entry is not None:
-            if not entry.has_deps:
-                heapq.heappush(self.index.ready, (entry.prio_key, entry.id, entry.name))
-                return True
-            job = lifecycle.read_pending(self.sd, entry)
-            if job is not None and lifecycle.dependency_state(self.sd, job)[0] != "waiting":
-                heapq.heappush(self.index.ready, (entry.prio_key, entry.id, entry.name))
+            if self._dependencies(entry)[0] != "waiting":
+                self.index.push(entry)
                 return True
             self.index.block(entry)
             entry = self.index.pop()
         return False
+
+    def _dependencies(self, entry: PendingName) -> tuple[str, str | None]:
+        """:func:`lifecycle.dependency_state` of a pending entry, opening its file only
+        when its name says it has dependencies (``("gone", None)`` if it vanished)."""
+        if not entry.has_deps:
+            return "ready", None
+        job = lifecycle.read_pending(self.sd, entry)
+        if job is None:
+            return "gone", None
+        return lifecycle.dependency_state(self.sd, job)
 
     # -- claiming ----------------------------------------------------------------------
 
@@ -402,19 +412,17 @@ class Worker:
             if entry is None:
                 return None
             try:
-                if entry.has_deps:
-                    job = lifecycle.read_pending(self.sd, entry)
-                    if job is None:
-                        continue
-                    state, dep = lifecycle.dependency_state(self.sd, job)
-                    if state == "waiting":
-                        self.index.block(entry)
-                        continue
-                    if state == "failed":
-                        if lifecycle.fail_dependent(self.sd, entry, dep or "?", now):
-                            self.event(f"failed for good {entry.id}: dependency {dep} failed")
-                        self.index.remove(entry.name)
-                        continue
+                state, dep = self._dependencies(entry)
+                if state == "gone":
+                    continue
+                if state == "waiting":
+                    self.index.block(entry)
+                    continue
+                if state == "failed":
+                    if lifecycle.fail_dependent(self.sd, entry, dep or "?", now):
+                        self.event(f"failed for good {entry.id}: dependency {dep} failed")
+                    self.index.remove(entry.name)
+                    continue
                 if entry.id in self.running:
                     # One of our threads is settling it and still holds its lock: look
                     # again once it is reaped.
