@@ -17,8 +17,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import pytest
 
@@ -64,13 +65,13 @@ def spool(tmp_path: Path) -> Path:
     return tmp_path / "spool"
 
 
-#: The spool's directories (CONTRACT §3).
+#: The spool's directories (README, "The spool on disk").
 SPOOL_DIRS = LAYOUT
 
 
 @pytest.fixture
 def empty_spool(spool: Path) -> Path:
-    """The test's spool, created empty with the layout of CONTRACT §3 (mode 0700)."""
+    """The test's spool, created empty with the layout of the README's "The spool on disk" (mode 0700)."""
     spool.mkdir(mode=0o700, parents=True)
     os.chmod(spool, 0o700)
     for name in SPOOL_DIRS:

@@ -1,5 +1,5 @@
-"""``taskq add`` as a black box: the installed command in a subprocess (CONTRACT §2, §3,
-§5, §7). Job records are read back from the spool's files."""
+"""``taskq add`` as a black box: the installed command in a subprocess (README: "Where the spool is",
+"taskq add", "The job record", "The spool on disk"). Job records are read back from the spool's files."""
 
 from __future__ import annotations
 
@@ -397,8 +397,9 @@ def test_json_is_the_whole_record(taskq, spool, tmp_path):
     assert out["duplicate"] is False
     stored = record(spool, out["id"])
     assert {k: v for k, v in out.items() if k not in ("state", "duplicate")} == stored
-    assert (out["name"], out["payload"], out["env"], out["priority"], out["max_attempts"]) == ("n", [1], {"K": "v"}, 2, 4)
-    assert (out["timeout"], out["unique_key"], out["permanent_exit_codes"], out["cwd"]) == (5, "u", [9], str(tmp_path))
+    assert (out["name"], out["payload"], out["env"]) == ("n", [1], {"K": "v"})
+    assert (out["priority"], out["max_attempts"], out["timeout"]) == (2, 4, 5)
+    assert (out["unique_key"], out["permanent_exit_codes"], out["cwd"]) == ("u", [9], str(tmp_path))
     assert ts(out["run_at"]) - ts(out["created_at"]) == pytest.approx(60, abs=0.0015)
 
 
@@ -561,7 +562,8 @@ VALIDATION_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("args, fragment", VALIDATION_ERRORS, ids=[" ".join(a) or "nothing" for a, _ in VALIDATION_ERRORS])
+@pytest.mark.parametrize("args, fragment", VALIDATION_ERRORS,
+                         ids=[" ".join(a) or "nothing" for a, _ in VALIDATION_ERRORS])
 def test_validation_error_is_one_line_exit_2_and_leaves_nothing(taskq, spool, args, fragment):
     proc = taskq("add", *args)
     assert_one_line_error(proc, 2, fragment)

@@ -1,7 +1,8 @@
 """Fault injection at every step of every state change.
 
-The spool's system calls that change it go through one seam, ``taskq.spool.FileIO``
-(write_new, fsync, fsync_dir, rename, link, unlink). For each operation a dry run on an
+The spool's system calls that change it go through one seam,
+``taskq.spool.fileio.FileIO`` (write_new, fsync, fsync_dir, rename, link, unlink, mkdir,
+open_lock, overwrite, open_append). For each operation a dry run on an
 identical spool counts how often each method is called; then, on a fresh spool each
 time, the n-th call of method m raises ``OSError(e)`` for every m, every n and every
 e in ENOSPC, EIO, EACCES. After each fault:
@@ -30,23 +31,27 @@ import sys
 import textwrap
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 
 import taskq
-from taskq import cli, lifecycle, times
+from taskq import cli, times
 from taskq.errors import SpoolError
 from taskq.policy import Outcome
-from taskq.spool import FileIO, parse_pending_name
+from taskq.spool import layout
+from taskq.spool.fileio import FileIO
+from taskq.spool.layout import parse_pending_name
 from taskq.stopping import StopState
 from taskq.worker import Worker
 from workerutil import STATES
 from workerutil import files as ls
 
-METHODS = ("write_new", "fsync", "fsync_dir", "rename", "link", "unlink")
+METHODS = ("write_new", "fsync", "fsync_dir", "rename", "link", "unlink", "mkdir", "open_lock", "overwrite",
+           "open_append")
 ERRNOS = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO, "EACCES": errno.EACCES}
 _ORIG = {m: getattr(FileIO, m) for m in METHODS}
 
@@ -122,7 +127,7 @@ def _wrap(method: str, inj: Injector) -> Callable:
 
 @pytest.fixture
 def inj(monkeypatch) -> Injector:
-    """FileIO patched at class level: every SpoolDir (API, CLI, Worker) goes through it."""
+    """FileIO patched at class level: every Store (API, CLI, Worker) goes through it."""
     injector = Injector()
     for method in METHODS:
         monkeypatch.setattr(FileIO, method, _wrap(method, injector))
@@ -253,7 +258,8 @@ class Ctx:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.api = taskq.Spool(root)
-        self.sd = self.api.dir
+        self.sd = self.api.store
+        self.tr = self.api.transitions
         self.target: Optional[str] = None
         self.bystander: Optional[str] = None
         self.claimed: Any = None
@@ -278,14 +284,14 @@ def entry_of(ctx: Ctx, job_id: str):
 
 
 def claim_job(ctx: Ctx, job_id: str):
-    claimed = lifecycle.claim(ctx.sd, entry_of(ctx, job_id))
+    claimed = ctx.tr.claim(entry_of(ctx, job_id))
     assert claimed is not None
     return claimed
 
 
 def claim_start(ctx: Ctx, job_id: str):
     claimed = claim_job(ctx, job_id)
-    lifecycle.start_attempt(ctx.sd, claimed, times.now())
+    ctx.tr.start(claimed, times.now())
     return claimed
 
 
@@ -293,7 +299,7 @@ def to_failed(ctx: Ctx, **kw: Any) -> str:
     kw["max_attempts"] = 1
     job_id = add_job(ctx, **kw)
     claimed = claim_start(ctx, job_id)
-    lifecycle.settle(ctx.sd, claimed, Outcome(exit_code=1), times.now(), 0.5)
+    ctx.tr.settle(claimed, Outcome(exit_code=1), times.now(), 0.5)
     assert state_of(ctx.root, job_id) == "failed"
     return job_id
 
@@ -305,7 +311,7 @@ def to_done(ctx: Ctx, log: bool = True) -> str:
         fd = ctx.sd.open_log(job_id)
         os.write(fd, b"output\n")
         os.close(fd)
-    lifecycle.settle(ctx.sd, claimed, Outcome(exit_code=0), times.now(), 0.5)
+    ctx.tr.settle(claimed, Outcome(exit_code=0), times.now(), 0.5)
     return job_id
 
 
@@ -370,7 +376,7 @@ def _setup_target(ctx: Ctx, **kw: Any) -> None:
 
 
 def _act_claim(ctx: Ctx) -> Any:
-    ctx.claimed = lifecycle.claim(ctx.sd, entry_of(ctx, ctx.target))
+    ctx.claimed = ctx.tr.claim(entry_of(ctx, ctx.target))
     return ctx.claimed
 
 
@@ -385,7 +391,7 @@ def _setup_invalid(ctx: Ctx) -> None:
 
 
 def _act_claim_invalid(ctx: Ctx) -> Any:
-    return lifecycle.claim(ctx.sd, entry_of(ctx, ctx.target))
+    return ctx.tr.claim(entry_of(ctx, ctx.target))
 
 
 # start, settle -----------------------------------------------------------------------------
@@ -398,7 +404,7 @@ def _setup_claimed(ctx: Ctx, **kw: Any) -> None:
 
 def _act_start(ctx: Ctx) -> Any:
     try:
-        return lifecycle.start_attempt(ctx.sd, ctx.claimed, times.now())
+        return ctx.tr.start(ctx.claimed, times.now())
     except SpoolError:
         # What the worker does: give up the job; recovery returns it.
         assert ctx.claimed.job.attempts == [], "a failed start is not kept in memory"
@@ -414,7 +420,7 @@ def _setup_started(ctx: Ctx, **kw: Any) -> None:
 def _act_settle(outcome: Outcome) -> Callable[[Ctx], Any]:
     def act(ctx: Ctx) -> Any:
         claimed, ctx.claimed = ctx.claimed, None  # settle releases the lock either way
-        return lifecycle.settle(ctx.sd, claimed, outcome, times.now(), 0.5)
+        return ctx.tr.settle(claimed, outcome, times.now(), 0.5)
     return act
 
 
@@ -443,7 +449,7 @@ def _setup_returned(ctx: Ctx) -> None:
 
 
 def _act_recover(ctx: Ctx) -> Any:
-    return lifecycle.recover(ctx.sd, ctx.target, times.now(), 0.5)
+    return ctx.tr.recover(ctx.target, times.now(), 0.5)
 
 
 # normalise ---------------------------------------------------------------------------------
@@ -457,7 +463,7 @@ def _setup_dropin(ctx: Ctx) -> None:
 
 
 def _act_normalise(ctx: Ctx) -> Any:
-    return lifecycle.normalise(ctx.sd, "hello.json", times.now(), os.getcwd(), {}, {})
+    return ctx.tr.normalise("hello.json", times.now(), os.getcwd(), {}, {})
 
 
 # retry, cancel, purge, dependencies, pause --------------------------------------------------------
@@ -490,13 +496,13 @@ def _redo_cancel(ctx: Ctx, failed: bool) -> None:
 
 def _redo_cancel_running(ctx: Ctx, failed: bool) -> None:
     # The owner (this test) sees the request, or not, and settles accordingly.
-    asked = ctx.sd.has("running", lifecycle.cancel_file(ctx.target))
+    asked = ctx.sd.has("running", layout.cancel_file(ctx.target))
     if not failed:
         assert asked, "a cancel that returned left no request for the worker"
     outcome = Outcome(error="cancelled") if asked else Outcome(exit_code=0)
     claimed, ctx.claimed = ctx.claimed, None
-    lifecycle.settle(ctx.sd, claimed, outcome, times.now(), 0.5)
-    assert not os.path.lexists(ctx.root / "running" / lifecycle.cancel_file(ctx.target))
+    ctx.tr.settle(claimed, outcome, times.now(), 0.5)
+    assert not os.path.lexists(ctx.root / "running" / layout.cancel_file(ctx.target))
 
 
 def _setup_done_pair(ctx: Ctx) -> None:
@@ -515,7 +521,7 @@ def _setup_failed_pair(ctx: Ctx) -> None:
     # and a file that is not a job, quarantined with its .reason
     name = "0999999999.20000101T000000000Z.JUNK.json"
     (ctx.root / "pending" / name).write_bytes(b"not json")
-    assert lifecycle.claim(ctx.sd, entry_of(ctx, "JUNK")) is None
+    assert ctx.tr.claim(entry_of(ctx, "JUNK")) is None
     assert (ctx.root / "failed" / "JUNK.reason").exists()
     ctx.data["other"] = "JUNK"
 
@@ -553,12 +559,12 @@ def _setup_dependent(ctx: Ctx) -> None:
     ctx.target = add_job(ctx, after=[dep])
     claimed = claim_start(ctx, dep)
     claimed.job.max_attempts = 1
-    lifecycle.settle(ctx.sd, claimed, Outcome(exit_code=100), times.now(), 0.5)
+    ctx.tr.settle(claimed, Outcome(exit_code=100), times.now(), 0.5)
     ctx.data["dep"] = dep
 
 
 def _act_fail_dependent(ctx: Ctx) -> Any:
-    return lifecycle.fail_dependent(ctx.sd, entry_of(ctx, ctx.target), ctx.data["dep"], times.now())
+    return ctx.tr.fail_dependent(entry_of(ctx, ctx.target), ctx.data["dep"], times.now())
 
 
 OPS = [
@@ -670,7 +676,7 @@ def run_scenario(tmp_path: Path, inj: Injector, op: Op, plan: Plan, label: str) 
     log = drain(ctx.root)
     assert "internal error" not in log, log
     final = where(ctx.root)
-    for job_id, states in final.items():
+    for states in final.values():
         assert len(states) == 1
     if ctx.bystander:
         assert final.get(ctx.bystander) == ["done"], log
@@ -704,7 +710,7 @@ def test_every_fault_of_every_step(tmp_path, inj, op):
     counts = dry_run(tmp_path, inj, op)
     assert sum(counts.values()) > 0, f"{op.name} made no FileIO call"
     todo = plans(counts)
-    for i, plan in enumerate(todo):
+    for plan in todo:
         label = f"{plan.method}-{plan.nth}-{errno.errorcode[plan.err]}"
         try:
             run_scenario(tmp_path, inj, op, plan, label)
@@ -718,6 +724,11 @@ def test_every_operation_reaches_the_disk_through_the_seam(tmp_path, inj):
     seen: Counter = Counter()
     for op in OPS:
         seen.update(dry_run(tmp_path / op.name, inj, op))
+    ctx = _worker_setup(tmp_path / "worker")  # what only a worker does: open logs
+    inj.arm(None)
+    _run_worker(ctx.root)
+    inj.disarm()
+    seen.update(inj.calls)
     for method in METHODS:
         assert seen[method] > 0, f"no operation calls FileIO.{method}"
 
@@ -844,7 +855,7 @@ def _run_worker_for_a_while(root: Path, inj: Injector, monkeypatch, seconds: flo
     """A worker that is not in burst mode (two jobs at most, periodic recovery every
     0.3 s), in a thread of this process, on *root* for *seconds*; then the injector is
     disarmed and the worker stopped if it still runs. Returns its log."""
-    import taskq.worker as worker_mod
+    import taskq.worker.loop as worker_mod
 
     monkeypatch.setattr(worker_mod, "RECOVERY_PERIOD", 0.3)
     log = io.StringIO()
@@ -958,7 +969,7 @@ def test_stranded_job_recovered_by_the_running_worker(tmp_path, inj, monkeypatch
 
 DRIVER = textwrap.dedent("""
     import errno, os, sys
-    from taskq.spool import FileIO
+    from taskq.spool.fileio import FileIO
     method, nth, err = sys.argv[1], int(sys.argv[2]), getattr(errno, sys.argv[3])
     orig = getattr(FileIO, method)
     calls = [0]
@@ -1121,21 +1132,21 @@ def test_failed_start_puts_the_job_back_uncounted(tmp_path, monkeypatch):
     """When recording the attempt fails, nothing ran: the worker puts the job back to
     pending/ with no attempt recorded (not a "worker lost" that would use up its budget),
     and runs it on its next try."""
-    from taskq import lifecycle
     from taskq.errors import SpoolError
+    from taskq.transitions import Transitions
 
     ctx = Ctx(tmp_path / "spool")
     job_id = add_job(ctx, max_attempts=1)
-    real = lifecycle.start_attempt
+    real = Transitions.start
     calls = []
 
-    def failing_once(sd, claimed, now):
+    def failing_once(self, claimed, now):
         calls.append(claimed.job.id)
         if len(calls) == 1:
             raise SpoolError("cannot write: disk full")
-        return real(sd, claimed, now)
+        return real(self, claimed, now)
 
-    monkeypatch.setattr(lifecycle, "start_attempt", failing_once)
+    monkeypatch.setattr(Transitions, "start", failing_once)
     code, log = _run_worker(ctx.root)
     assert code == 0
     assert calls == [job_id, job_id], log

@@ -21,11 +21,10 @@ import pytest
 
 import taskq as taskq_pkg
 from taskq.errors import ValidationError
-from taskq.job import MAX_PAYLOAD_BYTES
-from taskq.spool import MAX_FILE_BYTES, parse_pending_name
+from taskq.fields import MAX_PAYLOAD_BYTES
+from taskq.spool.layout import MAX_FILE_BYTES, parse_pending_name
 from workerutil import STATES
 from workerutil import files as ls
-
 
 # -- helpers ---------------------------------------------------------------------------------
 

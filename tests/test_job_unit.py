@@ -15,17 +15,10 @@ import pytest
 from taskq import times
 from taskq.config import DEFAULT_MIN_FREE, parse_config, parse_size
 from taskq.errors import InvalidIdError, ValidationError
-from taskq.job import (
-    DEFAULTS,
-    MAX_PAYLOAD_BYTES,
-    Job,
-    build,
-    check_id,
-    id_time,
-    new_id,
-    validate_fields,
-)
-from taskq.spool import parse_pending_name, pending_name
+from taskq.fields import DEFAULTS, MAX_PAYLOAD_BYTES, validate_fields
+from taskq.ids import check_id, id_time, new_id
+from taskq.job import Job, build
+from taskq.spool.layout import parse_pending_name, pending_name
 
 ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3,}Z$")
 ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -37,9 +30,9 @@ def utc(*args: int) -> float:
 
 
 def fresh_generator():
-    """A separate instance of taskq.job with its own id generator state, as in a
+    """A separate instance of taskq.ids with its own id generator state, as in a
     process of its own (tests give explicit, possibly past, creation times)."""
-    spec = importlib.util.find_spec("taskq.job")
+    spec = importlib.util.find_spec("taskq.ids")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -697,8 +690,8 @@ def test_build_precedence():
     tasks = {"nightly": {"command": ["report"], "max_attempts": 7, "priority": 2, "timeout": 50.0}}
     # [defaults] over built-ins
     job = build({"command": ["x"]}, now=NOW, default_cwd="/", defaults=defaults, tasks=tasks)
-    assert (job.max_attempts, job.backoff, job.timeout, job.permanent_exit_codes, job.priority) == (3, 30.0, 100.0, [7], 0)
-    assert job.backoff_max == 3600.0
+    assert (job.max_attempts, job.backoff, job.timeout) == (3, 30.0, 100.0)
+    assert (job.permanent_exit_codes, job.priority, job.backoff_max) == ([7], 0, 3600.0)
     # task type over [defaults]
     job = build({"name": "nightly"}, now=NOW, default_cwd="/", defaults=defaults, tasks=tasks)
     assert job.command == ["report"] and job.name == "nightly"
@@ -767,4 +760,5 @@ def test_build_drop_in_minimal_record():
 def test_build_created_at_and_run_at_are_iso_z():
     job = make(delay=1.5)
     assert ISO_RE.match(job.created_at) and ISO_RE.match(job.run_at)
-    assert datetime.fromisoformat(job.run_at[:-1]) - datetime.fromisoformat(job.created_at[:-1]) == timedelta(seconds=1.5)
+    run_at, created_at = datetime.fromisoformat(job.run_at[:-1]), datetime.fromisoformat(job.created_at[:-1])
+    assert run_at - created_at == timedelta(seconds=1.5)

@@ -17,7 +17,7 @@ from taskq.policy import (
     backoff_delay,
     decide,
 )
-from taskq.spool import pending_name
+from taskq.spool.layout import pending_name
 from taskq.worker import PendingIndex
 
 NOW = 1_900_000_000.0  # a fixed "now" (2030)

@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis): the job record's round trip, the pending/ file
 names and their order, the retry policy, and a state machine of the spool driven
-through the Python API and the lifecycle functions, checked against a simple model
+through the Python API and the transition engine, checked against a simple model
 after every step."""
 
 from __future__ import annotations
@@ -19,18 +19,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import taskq
-from taskq import lifecycle, times
+from taskq import times
 from taskq.errors import StateConflictError
-from taskq.job import (
-    FORMAT_VERSION,
-    PRIORITY_MAX,
-    PRIORITY_MIN,
-    Attempt,
-    Job,
-    new_id,
-)
+from taskq.fields import PRIORITY_MAX, PRIORITY_MIN
+from taskq.ids import new_id
+from taskq.job import FORMAT_VERSION, Attempt, Job
 from taskq.policy import CANCELLED, INTERRUPTED, WORKER_LOST, Outcome, backoff_delay, decide
-from taskq.spool import parse_pending_name, pending_name
+from taskq.spool.layout import parse_pending_name, pending_name
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -212,7 +207,7 @@ def test_only_names_taskq_could_have_made_are_taken_for_its_own(prio, run_key, d
     """A name that merely looks like taskq's (non-ASCII digits, a run time that is no
     date) is not parsed as a pending job name: it is treated as a drop-in file. Every
     name accepted turns back into a time, as the worker does with the next due one."""
-    from taskq.worker import _key_to_ts
+    from taskq.worker.index import key_to_ts as _key_to_ts
 
     name = f"{prio}.{run_key}.SOMEID{'.after' if deps else ''}.json"
     parsed = parse_pending_name(name)
@@ -365,7 +360,8 @@ class SpoolMachine(RuleBasedStateMachine):
         self.tmp = tempfile.mkdtemp(prefix="taskq-sm-")
         self.root = Path(self.tmp) / "spool"
         self.api = taskq.Spool(self.root)
-        self.sd = self.api.dir
+        self.sd = self.api.store
+        self.tr = self.api.transitions
         self.model: dict[str, ModelJob] = {}
         self.owned: dict[str, Any] = {}  # id -> Claimed (we are its live worker)
         self.now = times.now()
@@ -419,7 +415,7 @@ class SpoolMachine(RuleBasedStateMachine):
         jobs = self.api.add_batch([{"command": ["true"], "unique_key": key, "max_attempts": m, "backoff": 0}
                                    for key, m in records])
         first_of_key: dict[str, str] = {}
-        for (key, m), job in zip(records, jobs):
+        for (key, m), job in zip(records, jobs, strict=True):
             holder = self.live_holder(key) if key else None
             if holder is not None:
                 assert job.duplicate and job.id == holder.id
@@ -435,9 +431,9 @@ class SpoolMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def claim_and_start(self, data):
         job_id = data.draw(st.sampled_from(self.ids_in("pending")))
-        claimed = lifecycle.claim(self.sd, self.entry(job_id))
+        claimed = self.tr.claim(self.entry(job_id))
         assert claimed is not None and claimed.job.id == job_id
-        attempt = lifecycle.start_attempt(self.sd, claimed, times.now())
+        attempt = self.tr.start(claimed, times.now())
         job = self.model[job_id]
         job.attempts += 1
         assert attempt.number == job.attempts
@@ -452,7 +448,7 @@ class SpoolMachine(RuleBasedStateMachine):
         outcome = {"done": Outcome(exit_code=0), "exit 1": Outcome(exit_code=1),
                    "exit 100": Outcome(exit_code=100), "signal": Outcome(signal=9),
                    "interrupted": Outcome(error=INTERRUPTED)}[how]
-        decision = lifecycle.settle(self.sd, self.owned.pop(job_id), outcome, times.now(), 0.3)
+        decision = self.tr.settle(self.owned.pop(job_id), outcome, times.now(), 0.3)
         job = self.model[job_id]
         job.open_attempt = False
         if how == "done":
@@ -478,7 +474,7 @@ class SpoolMachine(RuleBasedStateMachine):
     @rule()
     def recover(self):
         for job_id in self.stranded():
-            result = lifecycle.recover(self.sd, job_id, times.now(), 0.3)
+            result = self.tr.recover(job_id, times.now(), 0.3)
             assert result is not None
             what, decision = result
             job = self.model[job_id]

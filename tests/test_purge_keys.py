@@ -10,9 +10,9 @@ import taskq
 
 def _done(spool: taskq.Spool, job_id: str) -> None:
     """Move a pending job to done/ as a worker would (the test needs no process)."""
-    state, name = spool.dir.locate(job_id)
+    state, name = spool.jobs.locate(job_id)
     assert state == "pending"
-    spool.dir.move("pending", name, "done", f"{job_id}.json")
+    spool.store.move("pending", name, "done", f"{job_id}.json")
 
 
 def test_purge_removes_the_key_files_of_purged_jobs_only(tmp_path):

@@ -100,12 +100,13 @@ def test_symlink_in_pending_is_never_followed_nor_run(taskq, spool, tmp_path):
     target = outside / "job.json"
     target.write_text(json.dumps(record))
     before = target.read_bytes()
-    links = ["0999999999.20000101T000000000Z.LINKED.json", "linked.json", "0999999999.20000101T000000000Z.L2.after.json"]
+    links = ["0999999999.20000101T000000000Z.LINKED.json", "linked.json",
+             "0999999999.20000101T000000000Z.L2.after.json"]
     for name in links:
         os.symlink(target, spool / "pending" / name)
     os.symlink(outside, spool / "pending" / "dirlink.json")
     good = taskq.add("true")
-    proc = taskq("work", "--burst", check=True, timeout=30)
+    taskq("work", "--burst", check=True, timeout=30)
     assert not flag.exists(), "a symlinked job was run"
     for name in links + ["dirlink.json"]:
         assert (spool / "pending" / name).is_symlink(), name

@@ -1,4 +1,4 @@
-"""The spool on disk (CONTRACT §3, §6, §7), through the Python API on real temp dirs:
+"""The spool on disk (README: "The spool on disk", "Drop-in protocol", "Reliability"), through the Python API on real temp dirs:
 layout and modes, publication through tmp/, reads, status counts, atomicity under
 concurrent readers, unique keys under real concurrency, batches, dependencies, the
 free-space guard and the drop-in protocol."""
@@ -31,7 +31,7 @@ from taskq.errors import (
     ValidationError,
 )
 from taskq.job import Job
-from taskq.spool import parse_pending_name
+from taskq.spool.layout import parse_pending_name
 from workerutil import LAYOUT
 from workerutil import files as ls
 
@@ -166,11 +166,17 @@ def test_add_file_is_the_record(api, spool):
 
 def test_add_default_cwd_is_the_callers(api, tmp_path, monkeypatch):
     work = tmp_path / "work"
-    work.mkdir()
+    (work / "sub").mkdir(parents=True)
     monkeypatch.chdir(work)
     assert api.add(["true"]).cwd == str(work)
     assert api.add(["true"], cwd="sub").cwd == str(work / "sub")
     assert api.add(["true"], cwd="/").cwd == "/"
+
+
+def test_add_refuses_a_cwd_that_does_not_exist(api, spool, tmp_path):
+    with pytest.raises(ValidationError, match="cwd: no such directory"):
+        api.add(["true"], cwd=str(tmp_path / "nowhere"))
+    assert not (spool / "pending").exists() or ls(spool, "pending") == []
 
 
 PUBLISH_OPS = ("rename", "link")  # rename(2), or link(2) + unlink of the staged name
@@ -178,7 +184,7 @@ PUBLISH_OPS = ("rename", "link")  # rename(2), or link(2) + unlink of the staged
 
 def test_add_writes_via_tmp_fsyncs_then_publishes(api, spool, monkeypatch):
     api.add(["warm-up"])  # spool exists; config read
-    io = api.dir.io
+    io = api.store.io
     calls: list[tuple] = []
     names = [n for n in ("write_new", "fsync", "fsync_dir", *PUBLISH_OPS) if hasattr(io, n)]
     orig = {n: getattr(io, n) for n in names}
@@ -217,7 +223,7 @@ def test_add_leaves_tmp_empty(api, spool):
 def test_failed_write_is_all_or_nothing(api, spool, monkeypatch, fail_at, nth):
     api.add(["warm-up"])
     before = ls(spool, "pending")
-    io = api.dir.io
+    io = api.store.io
     targets = [n for n in PUBLISH_OPS if hasattr(io, n)] if fail_at == "publish" else [fail_at]
     count = {"n": 0}
 
@@ -242,7 +248,7 @@ def test_failed_write_is_all_or_nothing(api, spool, monkeypatch, fail_at, nth):
 
 def test_failed_publish_releases_the_unique_key(api, spool, monkeypatch):
     api.add(["warm-up"])
-    io = api.dir.io
+    io = api.store.io
 
     def boom(*args):
         raise OSError(errno.EIO, os.strerror(errno.EIO))

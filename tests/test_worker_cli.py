@@ -12,8 +12,6 @@ import stat
 import time
 from pathlib import Path
 
-import pytest
-
 from workerutil import (  # noqa: F401 - workers and strays are fixtures
     alive,
     burst,
@@ -335,7 +333,7 @@ def test_log_has_one_header_per_attempt_with_stdout_and_stderr(taskq, spool):
     headers = [i for i, ln in enumerate(lines) if ln not in output]
     assert len(headers) == 3, lines
     assert sorted(output) == sorted(f"{s}-{n}" for s in ("out", "err") for n in (1, 2, 3))
-    for n, (start, attempt) in enumerate(zip(headers, rec["attempts"]), 1):
+    for n, (start, attempt) in enumerate(zip(headers, rec["attempts"], strict=True), 1):
         header = lines[start]
         assert re.search(rf"\b{n}\b", header), header
         assert attempt["started_at"][11:19] in header or time.strftime(
@@ -649,7 +647,7 @@ def make_ignored_entries(spool: Path, tmp_path: Path, via_rename: bool,
     for kind, name in (("hidden", ".hidden.json"), ("txt", "job.txt"), ("part", "job.json.part")):
         if kind in kinds:
             data, flag = content(kind)
-            place(name, lambda p: p.write_bytes(data))
+            place(name, lambda p, data=data: p.write_bytes(data))
             out[name] = ("file", flag, data)
     if "dir" in kinds:
         place("adir.json", lambda p: p.mkdir())

@@ -9,8 +9,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from workerutil import (  # noqa: F401 - workers and strays are fixtures
     alive,
     burst,
@@ -157,7 +155,7 @@ def test_sigterm_right_after_start_up_is_a_clean_stop(taskq, spool, tmp_path, wo
 def test_sigterm_as_soon_as_the_handler_is_installed(taskq, spool, workers):
     for _ in range(3):
         w = workers.start()
-        wait_for(lambda: sigterm_caught(w.pid) or w.proc.poll() is not None, timeout=10, interval=0.001,
+        wait_for(lambda w=w: sigterm_caught(w.pid) or w.proc.poll() is not None, timeout=10, interval=0.001,
                  message="the SIGTERM handler")
         w.send(signal.SIGTERM)
         assert w.wait(timeout=15) == 0, w.stderr()

@@ -19,14 +19,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Optional, Union
 
 import pytest
 
-
 STATES = ("pending", "running", "done", "failed")
-#: The spool's directories (CONTRACT §3).
+#: The spool's directories (README, "The spool on disk").
 LAYOUT = ("tmp", "pending", "running", "done", "failed", "logs")
 PY = sys.executable
 

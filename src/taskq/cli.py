@@ -2,7 +2,7 @@
 
 Data goes to stdout, messages for people to stderr. ``--json`` output is one
 ``json.dumps`` per record and never imports rich. Errors are one line on stderr and
-the exit status of CONTRACT §5: 1 = the operation failed, 2 = usage/validation.
+the exit status of the README's "Exit codes": 1 = the operation failed, 2 = usage/validation.
 """
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import typer
 
 from .errors import TaskqError, ValidationError
+
+if TYPE_CHECKING:
+    from .api import Spool
 
 app = typer.Typer(
     add_completion=False,
@@ -38,8 +41,8 @@ def _root(ctx: typer.Context, spool: Optional[str] = SpoolOpt) -> None:
     ctx.obj = {"spool": spool}
 
 
-def _spool(ctx: typer.Context, spool: Optional[str]):  # -> Spool, imported lazily
-    from .api import Spool
+def _spool(ctx: typer.Context, spool: Optional[str]) -> Spool:
+    from .api import Spool  # imported here: `taskq --help` need not load it
 
     parent = (ctx.obj or {}).get("spool") if ctx.obj else None
     return Spool(spool if spool is not None else parent)
@@ -63,22 +66,58 @@ def add(
     command: Optional[list[str]] = typer.Argument(None, metavar="[--] COMMAND [ARG]...", show_default=False),
     spool: Optional[str] = SpoolOpt,
     name: Optional[str] = typer.Option(None, "--name", metavar="TEXT", help="Label, or a task type of taskq.toml."),
-    payload: Optional[str] = typer.Option(None, "--payload", metavar="JSON", help="JSON handed to the command on stdin."),
-    payload_file: Optional[str] = typer.Option(None, "--payload-file", metavar="PATH", help="Read the payload JSON from PATH (- = stdin)."),
-    env: Optional[list[str]] = typer.Option(None, "--env", metavar="KEY=VALUE", help="Extra environment variable (repeatable)."),
+    payload: Optional[str] = typer.Option(
+        None, "--payload", metavar="JSON",
+        help="JSON handed to the command on stdin.",
+    ),
+    payload_file: Optional[str] = typer.Option(
+        None, "--payload-file", metavar="PATH",
+        help="Read the payload JSON from PATH (- = stdin).",
+    ),
+    env: Optional[list[str]] = typer.Option(
+        None, "--env", metavar="KEY=VALUE",
+        help="Extra environment variable (repeatable).",
+    ),
     cwd: Optional[str] = typer.Option(None, "--cwd", metavar="DIR", help="Working directory [default: here]."),
     shell: bool = typer.Option(False, "--shell", help="Run COMMAND as one string with /bin/sh -c."),
     priority: Optional[int] = typer.Option(None, "--priority", metavar="INT", help="Higher runs first [default: 0]."),
     delay: Optional[str] = typer.Option(None, "--delay", metavar="DURATION", help="Run no sooner than this from now."),
-    at: Optional[str] = typer.Option(None, "--at", metavar="DATETIME", help="Run no sooner than this (ISO 8601, local time unless an offset is given)."),
-    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", metavar="INT", help="Attempts before the job fails [default: 5]."),
-    backoff: Optional[str] = typer.Option(None, "--backoff", metavar="DURATION", help="First retry delay, doubled each time [default: 10s]."),
-    backoff_max: Optional[str] = typer.Option(None, "--backoff-max", metavar="DURATION", help="Longest retry delay [default: 1h]."),
-    timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION", help="Time limit of one attempt [default: none]."),
-    unique_key: Optional[str] = typer.Option(None, "--unique-key", metavar="TEXT", help="Create nothing if a live job has this key; print its id."),
-    permanent_exit: Optional[list[int]] = typer.Option(None, "--permanent-exit", metavar="CODE", help="Exit status that fails the job at once (repeatable) [default: 100]."),
-    after: Optional[list[str]] = typer.Option(None, "--after", metavar="ID", help="Run only once this job is done (repeatable)."),
-    batch: Optional[str] = typer.Option(None, "--batch", metavar="FILE", help="Enqueue JSON Lines from FILE (- = stdin), all or nothing."),
+    at: Optional[str] = typer.Option(
+        None, "--at", metavar="DATETIME",
+        help="Run no sooner than this (ISO 8601, local time unless an offset is given).",
+    ),
+    max_attempts: Optional[int] = typer.Option(
+        None, "--max-attempts", metavar="INT",
+        help="Attempts before the job fails [default: 5].",
+    ),
+    backoff: Optional[str] = typer.Option(
+        None, "--backoff", metavar="DURATION",
+        help="First retry delay, doubled each time [default: 10s].",
+    ),
+    backoff_max: Optional[str] = typer.Option(
+        None, "--backoff-max", metavar="DURATION",
+        help="Longest retry delay [default: 1h].",
+    ),
+    timeout: Optional[str] = typer.Option(
+        None, "--timeout", metavar="DURATION",
+        help="Time limit of one attempt [default: none].",
+    ),
+    unique_key: Optional[str] = typer.Option(
+        None, "--unique-key", metavar="TEXT",
+        help="Create nothing if a live job has this key; print its id.",
+    ),
+    permanent_exit: Optional[list[int]] = typer.Option(
+        None, "--permanent-exit", metavar="CODE",
+        help="Exit status that fails the job at once (repeatable) [default: 100].",
+    ),
+    after: Optional[list[str]] = typer.Option(
+        None, "--after", metavar="ID",
+        help="Run only once this job is done (repeatable).",
+    ),
+    batch: Optional[str] = typer.Option(
+        None, "--batch", metavar="FILE",
+        help="Enqueue JSON Lines from FILE (- = stdin), all or nothing.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Enqueue a job; print its id."""
@@ -100,21 +139,19 @@ def add(
             else:
                 sys.stdout.write(job.id + "\n")
         return
-    if delay is not None and at is not None:
-        raise ValidationError("give either --delay or --at, not both")
     if payload is not None and payload_file is not None:
         raise ValidationError("give either --payload or --payload-file, not both")
     argv = list(command or [])
     if shell:
         if not argv:
             raise ValidationError("--shell needs a COMMAND string", "COMMAND")
-        argv = ["/bin/sh", "-c", " ".join(argv)]
+        from .fields import shell_command
+
+        argv = shell_command(" ".join(argv))
     if not argv and name is None:
         raise ValidationError("missing COMMAND (or --name of a task type in taskq.toml)", "COMMAND")
     if argv and argv[0] == "":
         raise ValidationError("empty command", "COMMAND")
-    if cwd is not None and not os.path.isdir(cwd):
-        raise ValidationError(f"no such directory: {cwd}", "--cwd")
     job = api.add(
         argv or None,
         name=name,
@@ -158,7 +195,7 @@ def _parse_payload(text: Optional[str], path: Optional[str]) -> Any:
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
-    from .job import ENV_KEY_RE
+    from .fields import ENV_KEY_RE
 
     env: dict[str, str] = {}
     for pair in pairs:
@@ -217,18 +254,14 @@ def work(
     from . import times
     from .worker import Worker
 
-    if concurrency < 1:
-        raise ValidationError("must be >= 1", "--concurrency")
-    if max_jobs is not None and max_jobs < 1:
-        raise ValidationError("must be >= 1", "--max-jobs")
     api = _spool(ctx, spool)
     grace_s = times.parse_duration(grace, "--grace")
+    worker = Worker(api, concurrency=concurrency, burst=burst, max_jobs=max_jobs, grace=grace_s)
     view = None
     if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
         from .render import LiveView  # a live panel for people; plain lines when piped
 
-        view = LiveView(api.path, concurrency)
-    worker = Worker(api, concurrency=concurrency, burst=burst, max_jobs=max_jobs, grace=grace_s, view=view)
+        view = worker.view = LiveView(api.path, concurrency)
     try:
         code = worker.run()
     finally:
@@ -261,7 +294,7 @@ def status(
         return
     if interval <= 0:
         raise ValidationError("must be > 0", "--interval")
-    api.dir.require()
+    api.require()
     from .render import watch_status
 
     watch_status(api.status, interval, as_json)
@@ -360,7 +393,7 @@ def cancel(
 def _each(ids: list[str], action: Any, verb: str) -> None:
     """Apply *action* to each id; print the ids done, one error line per failure,
     exit with the worst status."""
-    from .job import check_id
+    from .ids import check_id
 
     for job_id in ids:
         check_id(job_id)  # all ids are checked before anything is changed
@@ -381,7 +414,10 @@ def purge(
     ctx: typer.Context,
     state: str = typer.Option(..., "--state", metavar="STATE", help="done or failed."),
     spool: Optional[str] = SpoolOpt,
-    older_than: Optional[str] = typer.Option(None, "--older-than", metavar="DURATION", help="Only jobs settled longer ago than this."),
+    older_than: Optional[str] = typer.Option(
+        None, "--older-than", metavar="DURATION",
+        help="Only jobs settled longer ago than this.",
+    ),
 ) -> None:
     """Delete finished jobs and their logs."""
     from . import times
@@ -396,7 +432,10 @@ def wait_(
     ctx: typer.Context,
     job_ids: list[str] = typer.Argument(..., metavar="ID..."),
     spool: Optional[str] = SpoolOpt,
-    timeout: Optional[str] = typer.Option(None, "--timeout", metavar="DURATION", help="Give up after this long (exit 124)."),
+    timeout: Optional[str] = typer.Option(
+        None, "--timeout", metavar="DURATION",
+        help="Give up after this long (exit 124).",
+    ),
 ) -> None:
     """Block until the jobs are settled: exit 0 all done, 1 any failed, 124 on timeout."""
     from . import times

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ValidationError
-from .job import DEFAULTABLE, TASK_FIELDS, validate_fields
+from .fields import DEFAULTABLE, TASK_FIELDS, shell_command, validate_fields
 
 DEFAULT_MIN_FREE = 16 * 1024 * 1024
 DEFAULT_KILL_GRACE = 5.0
@@ -62,10 +63,11 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
     """Parse and validate ``taskq.toml`` bytes (None = no file). ValidationError names the key."""
     if raw is None:
         return Config()
-    try:
-        import tomllib  # noqa: PLC0415 - only spools with a taskq.toml pay for it
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    # Imported here: only spools with a taskq.toml pay for it.
+    if sys.version_info >= (3, 11):
+        import tomllib  # noqa: PLC0415
+    else:
+        import tomli as tomllib  # noqa: PLC0415
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -86,7 +88,7 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         raise ValidationError(f"{where}: [defaults] must be a table")
-    if "permanent_exit_codes" in data:  # also accepted at top level (CONTRACT §7)
+    if "permanent_exit_codes" in data:  # also accepted at top level (README, "taskq.toml")
         defaults = {"permanent_exit_codes": data["permanent_exit_codes"], **defaults}
     cfg.defaults = _fields(defaults, DEFAULTABLE, f"{where}: [defaults]")
     tasks = data.get("tasks", {})
@@ -97,7 +99,7 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
             raise ValidationError(f"{where}: [tasks.{name}] must be a table")
         table = dict(table)
         if isinstance(table.get("command"), str):
-            table["command"] = ["/bin/sh", "-c", table["command"]]
+            table["command"] = shell_command(table["command"])
         if "cwd" in table and isinstance(table["cwd"], str):
             table["cwd"] = os.path.expanduser(table["cwd"])
         cfg.tasks[name] = _fields(table, TASK_FIELDS, f"{where}: [tasks.{name}]")

@@ -1,7 +1,7 @@
 """The error hierarchy.
 
 Every error taskq raises on purpose is a :class:`TaskqError`. Each carries the exit
-status the CLI turns it into (CONTRACT §5: 1 = the operation failed, 2 = usage or
+status the CLI turns it into (README, "Exit codes": 1 = the operation failed, 2 = usage or
 validation error) and a message that names the thing that is wrong: the job, the
 field, the path.
 """

@@ -1,96 +1,49 @@
-"""The job record: fields, defaults, validation and (de)serialisation. Pure: no I/O.
+"""The job record: an attempt, how it ended, the job; (de)serialisation. Pure: no I/O.
 
-A job file's top-level keys are the record's fields (CONTRACT §4) except ``state``,
-which is the directory the file is in, plus ``"version": 1``. Keys this version does
-not know are kept in :attr:`Job.extra` and written back unchanged.
+A job file's top-level keys are the record's fields (README, "The job record") except
+``state``, which is the directory the file is in, plus ``"version": 1``. Keys this
+version does not know are kept in :attr:`Job.extra` and written back unchanged.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import times
-from .errors import InvalidIdError, ValidationError
+from .errors import ValidationError
+from .fields import DEFAULTS, check_encodable, is_int, seconds, timestamp, validate_fields
+from .ids import new_id
 
 FORMAT_VERSION = 1
-STATES = ("pending", "running", "done", "failed")
 
-#: Built-in defaults (CONTRACT §5); ``taskq.toml`` and task types override them.
-DEFAULTS: dict[str, Any] = {
-    "max_attempts": 5,
-    "backoff": 10.0,
-    "backoff_max": 3600.0,
-    "timeout": None,
-    "priority": 0,
-    "permanent_exit_codes": [100],
-}
-
-#: Largest payload, as encoded JSON, that a job may carry. Job files are read whole
-#: by workers and listings; a queue is no place for bulk data (pass a path instead).
-MAX_PAYLOAD_BYTES = 1024 * 1024
-
-#: Priorities are bounded so that they fit the fixed-width key in pending/ file names.
-PRIORITY_MIN, PRIORITY_MAX = -999_999_999, 999_999_999
-
-#: Attempts that ended this way do not count against ``max_attempts`` (CONTRACT §7).
-UNCOUNTED_ERRORS = ("interrupted", "cancelled")
-
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_last_id: tuple[int, int, int] = (0, 0, 0)  # (pid, ms, random part) of the last id
+#: ``error`` of an attempt stopped because its worker shut down: not counted.
+INTERRUPTED = "interrupted"
+#: ``error`` (and ``last_error``) of a cancelled job: not counted.
+CANCELLED = "cancelled"
+#: ``error`` of an attempt whose worker died while it ran: counted.
+WORKER_LOST = "worker lost"
+#: Attempts that ended this way do not count against ``max_attempts``.
+UNCOUNTED_ERRORS = (INTERRUPTED, CANCELLED)
+#: Fields every complete record has; a JSON object without them is a drop-in file.
+COMPLETE = ("cwd", "created_at", "run_at")
 
 
-def new_id(ts: float | None = None) -> str:
-    """A fresh job id: 26 characters, unique across processes and hosts, sortable by time.
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended. ``error`` is set when the command did not simply exit
+    (could not start, cancelled, interrupted, worker lost). What it means for the job
+    is :func:`taskq.policy.decide`; how it reads is :func:`taskq.policy.describe`."""
 
-    The layout is that of a ULID: 48 bits of milliseconds since the epoch, then 80
-    random bits. Within one process ids are strictly increasing even inside one
-    millisecond (the random part is incremented), so a batch keeps its order.
-    """
-    global _last_id
-    ms = int((time.time() if ts is None else ts) * 1000)
-    pid = os.getpid()
-    last_pid, last_ms, last_rand = _last_id
-    # A forked child inherits _last_id: it must draw its own random part.
-    if ms <= last_ms and pid == last_pid:
-        ms, rand = last_ms, last_rand + 1
-    else:
-        rand = int.from_bytes(os.urandom(10), "big") >> 1  # leave room to increment
-    _last_id = (pid, ms, rand)
-    value = (ms << 80) | (rand & ((1 << 80) - 1))
-    out = []
-    for _ in range(26):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    error: str | None = None
 
-
-def id_time(job_id: str) -> float | None:
-    """The creation time encoded in an id made by :func:`new_id`, or None for other ids."""
-    if len(job_id) != 26:
-        return None
-    value = 0
-    for ch in job_id[:10]:
-        pos = _CROCKFORD.find(ch)
-        if pos < 0:
-            return None
-        value = value * 32 + pos
-    # The first 10 characters hold 50 bits: the 48-bit time behind 2 zero bits.
-    return value / 1000.0 if value < (1 << 48) else None
-
-
-def check_id(job_id: object, what: str = "id") -> str:
-    """Return *job_id* if it is a valid job id, else raise InvalidIdError (exit 2)."""
-    if not isinstance(job_id, str) or not ID_RE.match(job_id):
-        raise InvalidIdError(f"invalid job id {job_id!r} (allowed: A-Z a-z 0-9 _ -)", what)
-    return job_id
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.error is None
 
 
 @dataclass
@@ -105,6 +58,21 @@ class Attempt:
     signal: int | None = None
     timed_out: bool = False
     error: str | None = None
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """How the attempt ended (None while it runs)."""
+        if self.finished_at is None:
+            return None
+        return Outcome(self.exit_code, self.signal, self.timed_out, self.error)
+
+    def close(self, outcome: Outcome, finished_at: float) -> None:
+        """Record how the attempt ended."""
+        self.finished_at = times.iso(finished_at)
+        self.exit_code = outcome.exit_code
+        self.signal = outcome.signal
+        self.timed_out = outcome.timed_out
+        self.error = outcome.error
 
     @property
     def counted(self) -> bool:
@@ -124,18 +92,18 @@ class Attempt:
         }
 
     @classmethod
-    def from_dict(cls, data: object, where: str) -> "Attempt":
+    def from_dict(cls, data: object, where: str) -> Attempt:
         if not isinstance(data, dict):
             raise ValidationError("must be an object", where)
         number = data.get("number")
-        if not _is_int(number) or number < 1:
+        if not is_int(number) or number < 1:
             raise ValidationError("must be an integer >= 1", f"{where}.number")
-        started = _timestamp(data.get("started_at"), f"{where}.started_at")
+        started = timestamp(data.get("started_at"), f"{where}.started_at")
         finished = data.get("finished_at")
         if finished is not None:
-            finished = _timestamp(finished, f"{where}.finished_at")
+            finished = timestamp(finished, f"{where}.finished_at")
         for key in ("exit_code", "signal"):
-            if data.get(key) is not None and not _is_int(data.get(key)):
+            if data.get(key) is not None and not is_int(data.get(key)):
                 raise ValidationError("must be an integer or null", f"{where}.{key}")
         if not isinstance(data.get("timed_out", False), bool):
             raise ValidationError("must be true or false", f"{where}.timed_out")
@@ -187,6 +155,9 @@ class Job:
     state: str | None = None
     #: Set by ``add`` when a unique key matched an existing job; not stored.
     duplicate: bool = False
+    #: For a drop-in file no worker has taken in yet: its place in the spool
+    #: (``pending/NAME``); its ``id`` is "" until it gets one. Not stored.
+    file: str | None = None
 
     # -- derived facts -------------------------------------------------------------
 
@@ -250,13 +221,16 @@ class Job:
         """The public form (``show --json``): the file form plus ``state``."""
         record = self.to_record()
         record["state"] = self.state
+        if self.file is not None:
+            record["id"] = self.id or None
+            record["file"] = self.file
         return record
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_record(), ensure_ascii=False, indent=1).encode() + b"\n"
 
     @classmethod
-    def from_record(cls, data: object) -> "Job":
+    def from_record(cls, data: object) -> Job:
         """Validate a complete record (a job file) and build the Job.
 
         Raises ValidationError naming the first bad field.
@@ -269,7 +243,7 @@ class Job:
         for key in ("id", "command", "cwd", "created_at", "run_at"):
             if key not in data:
                 raise ValidationError("missing", key)
-        known = {f for f in cls.__dataclass_fields__ if f not in ("extra", "state", "duplicate")}
+        known = {f for f in cls.__dataclass_fields__ if f not in ("extra", "state", "duplicate", "file")}
         fields = validate_fields({k: v for k, v in data.items() if k in known})
         attempts = data.get("attempts", [])
         if not isinstance(attempts, list):
@@ -284,17 +258,17 @@ class Job:
             fields[key] = value
         for key in ("settled_at", "retried_at"):
             if fields.get(key) is not None:
-                _timestamp(fields[key], key)
+                timestamp(fields[key], key)
         budget = data.get("budget_start", 0)
-        if not _is_int(budget) or not 0 <= budget <= len(fields["attempts"]):
+        if not is_int(budget) or not 0 <= budget <= len(fields["attempts"]):
             raise ValidationError("must be an integer within the attempts list", "budget_start")
         fields["budget_start"] = budget
         extra = {k: v for k, v in data.items() if k not in known and k not in ("version", "state")}
-        _check_encodable({k: v for k, v in data.items() if k != "payload"})  # payload: its own rule
+        check_encodable({k: v for k, v in data.items() if k != "payload"})  # payload: its own rule
         return cls(**fields, extra=extra)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "Job":
+    def from_bytes(cls, raw: bytes) -> Job:
         """Parse and validate a job file's bytes (ValidationError if unreadable)."""
         return cls.from_record(parse_json_bytes(raw))
 
@@ -313,190 +287,9 @@ def parse_json_bytes(raw: bytes) -> Any:
         raise ValidationError("invalid JSON (nested too deeply)") from None
 
 
-# -- field validation, shared by add, --batch, drop-in files and taskq.toml -----------
-
-
-def validate_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """Validate the user-settable fields present in *data*; return them normalised.
-
-    Durations may be numbers of seconds or DURATION strings (``10m``). Raises
-    ValidationError naming the field.
-    """
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        check = _CHECKS.get(key)
-        out[key] = check(value, key) if check else value
-    return out
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_encodable(data: dict[str, Any]) -> None:
-    """A record is stored as UTF-8 JSON: refuse what it cannot hold (a lone surrogate,
-    from non-UTF-8 bytes in argv or a ``\\udXXX`` escape in a file), so that a valid
-    record never fails when it is written. The error names the field."""
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-        return
-    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
-        pass
-    for key, value in data.items():
-        field = str(key) if str(key).isprintable() and str(key).isascii() else ascii(key)
-        try:
-            json.dumps({key: value}, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError("must be valid UTF-8 text (it holds a lone surrogate)", field) from None
-        except (TypeError, ValueError, RecursionError):
-            raise ValidationError("must be JSON-serialisable", field) from None
-    raise ValidationError("must be JSON-serialisable")
-
-
-def _no_nul(value: str, key: str) -> str:
-    if "\x00" in value:
-        raise ValidationError("must not contain NUL characters", key)
-    return value
-
-
-def _check_id(value: object, key: str) -> str:
-    return check_id(value, key)
-
-
-def _check_command(value: object, key: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
-        raise ValidationError("must be a list of strings", key)
-    if not value or value[0] == "":
-        raise ValidationError("must not be empty", key)
-    for arg in value:
-        _no_nul(arg, key)
-    return list(value)
-
-
-def _check_name(value: object, key: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise ValidationError("must be a non-empty string of at most 200 characters", key)
-    return _no_nul(value, key)
-
-
-def _check_payload(value: object, key: str) -> Any:
-    try:
-        # allow_nan=False: NaN and Infinity are not JSON; the command must get JSON.
-        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())
-    except (TypeError, ValueError, RecursionError):
-        raise ValidationError("must be standard JSON (no NaN or Infinity)", key) from None
-    if size > MAX_PAYLOAD_BYTES:
-        raise ValidationError(
-            f"is {size} bytes, over the limit of {MAX_PAYLOAD_BYTES} bytes", key
-        )
-    return value
-
-
-def _check_env(value: object, key: str) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise ValidationError("must be an object of strings", key)
-    for k, v in value.items():
-        if not ENV_KEY_RE.match(k):
-            raise ValidationError(f"invalid variable name {k!r}", key)
-        if not isinstance(v, str):
-            raise ValidationError(f"value of {k} must be a string", key)
-        _no_nul(v, key)
-    return dict(value)
-
-
-def _check_cwd(value: object, key: str) -> str:
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise ValidationError("must be an absolute path", key)
-    return _no_nul(value, key)
-
-
-def _check_priority(value: object, key: str) -> int:
-    if not _is_int(value) or not PRIORITY_MIN <= value <= PRIORITY_MAX:
-        raise ValidationError(f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}", key)
-    return value
-
-
-def _check_max_attempts(value: object, key: str) -> int:
-    if not _is_int(value) or value < 1:
-        raise ValidationError("must be an integer >= 1", key)
-    return value
-
-
-def _seconds(value: object, key: str) -> float:
-    if isinstance(value, str):
-        return times.parse_duration(value, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValidationError("must be a number of seconds or a duration", key)
-    if value < 0 or value == float("inf"):
-        raise ValidationError("must be a finite number >= 0", key)
-    return float(value)
-
-
-def _check_timeout(value: object, key: str) -> float | None:
-    if value is None:
-        return None
-    seconds = _seconds(value, key)
-    if seconds <= 0:
-        raise ValidationError("must be greater than 0", key)
-    return seconds
-
-
-def _check_unique_key(value: object, key: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > 1000:
-        raise ValidationError("must be a non-empty string of at most 1000 characters", key)
-    return _no_nul(value, key)
-
-
-def _timestamp(value: object, key: str) -> str:
-    if not isinstance(value, str):
-        raise ValidationError("must be an ISO 8601 timestamp", key)
-    try:
-        return times.iso(times.parse_iso(value))
-    except (ValueError, OverflowError, OSError):
-        raise ValidationError(f"invalid timestamp {value!r}", key) from None
-
-
-def _check_exit_codes(value: object, key: str) -> list[int]:
-    if not isinstance(value, list) or not all(_is_int(c) and 1 <= c <= 255 for c in value):
-        raise ValidationError("must be a list of integers from 1 to 255", key)
-    return sorted(set(value))
-
-
-def _check_after(value: object, key: str) -> list[str]:
-    if not isinstance(value, list):
-        raise ValidationError("must be a list of job ids", key)
-    return [check_id(v, key) for v in value]
-
-
-_CHECKS = {
-    "id": _check_id,
-    "command": _check_command,
-    "name": _check_name,
-    "payload": _check_payload,
-    "env": _check_env,
-    "cwd": _check_cwd,
-    "priority": _check_priority,
-    "max_attempts": _check_max_attempts,
-    "timeout": _check_timeout,
-    "unique_key": _check_unique_key,
-    "created_at": _timestamp,
-    "run_at": _timestamp,
-    "backoff": _seconds,
-    "backoff_max": _seconds,
-    "permanent_exit_codes": _check_exit_codes,
-    "after": _check_after,
-}
-
-#: Fields a task type in ``taskq.toml`` (or ``[defaults]``) may set.
-TASK_FIELDS = (
-    "command", "env", "cwd", "priority", "max_attempts", "timeout",
-    "backoff", "backoff_max", "permanent_exit_codes",
-)
-DEFAULTABLE = ("priority", "max_attempts", "timeout", "backoff", "backoff_max", "permanent_exit_codes")
+def is_complete(data: dict[str, Any]) -> bool:
+    """Whether a JSON object is a complete record rather than a drop-in file."""
+    return all(key in data for key in COMPLETE)
 
 
 def build(
@@ -509,7 +302,7 @@ def build(
 ) -> Job:
     """Make a complete, validated Job from the fields a producer gave.
 
-    Precedence (CONTRACT §5): fields in *given* override the task type named by
+    Precedence (README, "taskq.toml"): fields in *given* override the task type named by
     ``given["name"]`` (a ``[tasks.NAME]`` table), which overrides the spool-wide
     *defaults*, which override :data:`DEFAULTS`. ``given`` may also carry ``delay``
     (seconds) instead of ``run_at``. Used by ``add``, ``add --batch`` and by workers
@@ -541,9 +334,9 @@ def build(
     fields.setdefault("created_at", times.iso(now))
     if delay is not None:
         if "run_at" in given and given["run_at"] is not None:
-            raise ValidationError("give either delay or run_at, not both", "run_at")
+            raise ValidationError("give either a delay (--delay) or a run_at time (--at), not both")
         try:
-            fields["run_at"] = times.iso(now + _seconds(delay, "delay"))
+            fields["run_at"] = times.iso(now + seconds(delay, "delay"))
         except (OverflowError, ValueError, OSError):
             raise ValidationError(f"{delay!r} is out of range", "delay") from None
     fields.setdefault("run_at", fields["created_at"])

@@ -1,7 +1,9 @@
-"""Retry policy: what an attempt's outcome means for its job. Pure: time and chance
-are parameters, so every rule is testable without a clock or a random generator.
+"""Pure decisions: what an attempt's outcome means for its job, how long to back off,
+whether a job's dependencies let it run, and how an outcome reads. Time and chance
+are parameters, and facts about other jobs are passed in, so every rule is testable
+without a clock, a random generator or a spool.
 
-The rules (CONTRACT §5, §7):
+The rules (README, "Retries"):
 
 * exit status 0 → done;
 * an exit status listed in the job's ``permanent_exit_codes`` → failed at once;
@@ -17,38 +19,28 @@ Backoff after the k-th counted failure of the current budget:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .job import Job
+from .job import CANCELLED, INTERRUPTED, WORKER_LOST, Job, Outcome
 
-INTERRUPTED = "interrupted"
-CANCELLED = "cancelled"
-WORKER_LOST = "worker lost"
+__all__ = [
+    "CANCELLED", "INTERRUPTED", "WORKER_LOST", "Decision", "Outcome", "Verdict",
+    "backoff_delay", "decide", "dependency_verdict", "describe",
+]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How one attempt ended. ``error`` is set when the command did not simply exit."""
-
-    exit_code: int | None = None
-    signal: int | None = None
-    timed_out: bool = False
-    error: str | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and self.error is None
-
-    def describe(self, timeout: float | None = None) -> str:
-        """A short reason for ``last_error``."""
-        if self.timed_out:
-            limit = f" after {timeout:g}s" if timeout else ""
-            return f"timed out{limit} (signal {self.signal})"
-        if self.error:
-            return self.error
-        if self.signal is not None:
-            return f"killed by signal {self.signal}"
-        return f"exit status {self.exit_code}"
+def describe(outcome: Outcome, timeout: float | None = None) -> str:
+    """How an attempt ended, in a few words: the job's ``last_error``, the worker's
+    event lines, ``show`` and ``explain`` all say it this way."""
+    if outcome.timed_out:
+        limit = f" after {timeout:g}s" if timeout else ""
+        return f"timed out{limit} (signal {outcome.signal})"
+    if outcome.error:
+        return outcome.error
+    if outcome.signal is not None:
+        return f"killed by signal {outcome.signal}"
+    return f"exit status {outcome.exit_code}"
 
 
 @dataclass(frozen=True)
@@ -79,7 +71,7 @@ def decide(job: Job, outcome: Outcome, finished_at: float, jitter: float) -> Dec
     ``job.attempts`` with this *outcome*) finished at *finished_at*."""
     if outcome.succeeded:
         return Decision("done")
-    reason = outcome.describe(job.timeout)
+    reason = describe(outcome, job.timeout)
     if outcome.error == INTERRUPTED:
         return Decision("pending", run_at=min(job.run_at_ts, finished_at), last_error=job.last_error)
     if outcome.error == CANCELLED:
@@ -91,3 +83,42 @@ def decide(job: Job, outcome: Outcome, finished_at: float, jitter: float) -> Dec
         return Decision("failed", last_error=reason)
     delay = backoff_delay(failures, job.backoff, job.backoff_max, jitter)
     return Decision("pending", run_at=finished_at + delay, last_error=reason)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a job's dependencies (``after``) say: ``ready`` (all done), ``waiting``
+    (one is not settled, or failed before this job was retried: it may yet be
+    retried) or ``failed`` (one failed, or does not exist: the job cannot run).
+    ``dep`` is the dependency that decided, ``dep_state`` its state (None: missing)."""
+
+    kind: str
+    dep: str | None = None
+    dep_state: str | None = None
+
+
+def dependency_verdict(
+    after: Sequence[str],
+    retried_at: float | None,
+    state_of: Callable[[str], str | None],
+    settled_at_of: Callable[[str], float | None],
+) -> Verdict:
+    """The verdict on a job waiting for *after*, given each dependency's state
+    (*state_of*) and, for a failed one, when it settled (*settled_at_of*).
+
+    A dependency that failed *before* this job was retried does not fail it again:
+    the retried job waits until that dependency is retried and settles once more.
+    """
+    for dep in after:
+        state = state_of(dep)
+        if state == "done":
+            continue
+        if state == "failed":
+            settled = settled_at_of(dep) if retried_at is not None else None
+            if retried_at is not None and settled is not None and settled <= retried_at:
+                return Verdict("waiting", dep, state)
+            return Verdict("failed", dep, state)
+        if state is None:
+            return Verdict("failed", dep, None)
+        return Verdict("waiting", dep, state)
+    return Verdict("ready")

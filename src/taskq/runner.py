@@ -23,11 +23,11 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Protocol
 
-from .job import Job
-from .policy import CANCELLED, INTERRUPTED, Outcome
+from .job import CANCELLED, INTERRUPTED, Job, Outcome
 
 POLL = 0.1
 
@@ -42,6 +42,24 @@ class Control:
     hard: threading.Event = field(default_factory=threading.Event)
     #: Called with the process group id once the command has started.
     on_spawn: Callable[[int], None] | None = None
+
+
+class Runner(Protocol):
+    """Runs one attempt of a job and says how it ended: what a worker calls for each
+    attempt (tests give a worker a fake one that starts no process)."""
+
+    def __call__(self, job: Job, attempt: int, log_fd: int, lock_fd: int, control: Control) -> Outcome: ...
+
+
+@dataclass
+class ProcessRunner:
+    """The real :class:`Runner`: :func:`run_attempt` in the spool at *spool_path*."""
+
+    spool_path: str
+    kill_grace: float
+
+    def __call__(self, job: Job, attempt: int, log_fd: int, lock_fd: int, control: Control) -> Outcome:
+        return run_attempt(job, attempt, self.spool_path, log_fd, lock_fd, self.kill_grace, control)
 
 
 def job_environment(job: Job, attempt: int, spool_path: str, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -144,11 +162,6 @@ def _feed(proc: subprocess.Popen[Any], payload: Any) -> None:
 
 def group_alive(pgid: int) -> bool:
     """Whether a live (not zombie) process is left in the process group *pgid*."""
-    return _group_alive(pgid)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (not zombie) process is left in the group *pgid*."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -204,14 +217,14 @@ def _stop_group(proc: subprocess.Popen[Any], kill_grace: float, control: Control
     pgid = proc.pid
     if proc.returncode is not None:
         _reap_group(pgid)
-    if not _group_alive(pgid):
+    if not group_alive(pgid):
         return
     try:
         os.killpg(pgid, signal.SIGKILL if control.hard.is_set() else signal.SIGTERM)
     except ProcessLookupError:
         return
     end = time.monotonic() + kill_grace
-    while _group_alive(pgid):
+    while group_alive(pgid):
         if proc.returncode is None:
             try:
                 proc.wait(timeout=POLL)
@@ -235,7 +248,7 @@ def _stop_group(proc: subprocess.Popen[Any], kill_grace: float, control: Control
                     except subprocess.TimeoutExpired:
                         continue
                 _reap_group(pgid)
-                if not _group_alive(pgid):
+                if not group_alive(pgid):
                     break
                 time.sleep(0.02)
             break

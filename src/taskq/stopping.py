@@ -1,7 +1,7 @@
 """Stop requests from signals, installed before anything else is imported.
 
 A worker must treat a SIGTERM that arrives while it is still starting as a clean stop
-(CONTRACT §7), so the console script installs these handlers for ``taskq work`` before
+(README, "Running workers"), so the console script installs these handlers for ``taskq work`` before
 it imports the CLI framework. The first SIGTERM or SIGINT asks for a graceful stop; a
 second SIGINT for an immediate one.
 """
@@ -9,7 +9,8 @@ second SIGINT for an immediate one.
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class StopState:

@@ -1,7 +1,7 @@
 """Time: the clock, ISO 8601 timestamps, durations and user-given date-times.
 
 Timestamps travel as floats (seconds since the epoch) inside taskq and as ISO 8601 UTC
-strings with millisecond precision and a trailing ``Z`` in job files (CONTRACT §7).
+strings with millisecond precision and a trailing ``Z`` in job files (README, "The job record").
 """
 
 from __future__ import annotations

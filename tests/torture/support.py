@@ -9,6 +9,7 @@ from ``workerutil`` and is imported here, so the torture tests find it all in on
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -117,7 +118,7 @@ class Fleet:
         its handler."""
         live = self.live()
         for w in live:
-            wait_until(lambda: sigterm_caught(w.pid) or w.proc.poll() is not None, 15, interval=0.005)
+            wait_until(lambda w=w: sigterm_caught(w.pid) or w.proc.poll() is not None, 15, interval=0.005)
         for w in live:
             try:
                 os.kill(w.pid, signal.SIGTERM)
@@ -247,7 +248,7 @@ def time_overlaps(runs: list[Run]) -> list[str]:
     """Runs of one job whose [start, end] intervals (wall clock) intersect."""
     out = []
     done = sorted((r for r in runs if r.end_ns is not None), key=lambda r: r.start_ns)
-    for prev, cur in zip(done, done[1:]):
+    for prev, cur in itertools.pairwise(done):
         if cur.start_ns < prev.end_ns:  # type: ignore[operator]
             out.append(f"{cur.job}: attempt {cur.attempt} started {(prev.end_ns - cur.start_ns) / 1e6:.3f} ms "
                        f"before attempt {prev.attempt} ended")

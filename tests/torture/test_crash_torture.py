@@ -51,6 +51,7 @@ with ``TASKQ_TORTURE_REPORT=PATH``, merged into the JSON object in PATH under
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import random
@@ -202,7 +203,7 @@ def check_round(spool: Path, log: Path, ids: list[str], killed: set[int], t_roun
             v.append(f"{job}: done without settled_at")
         if rec.get("budget_start", 0) != 0:
             v.append(f"{job}: budget_start {rec.get('budget_start')}")
-        for prev, cur in zip(atts, atts[1:]):
+        for prev, cur in itertools.pairwise(atts):
             if prev.get("finished_at") and iso_ts(cur["started_at"]) < iso_ts(prev["finished_at"]) - SLACK:
                 v.append(f"{job}: attempt {cur['number']} started before attempt {prev['number']} finished")
         runs = rl.runs.get(job, [])

@@ -1,0 +1,276 @@
+"""Jobs in the spool: find, load, publish new ones, own one, move it, quarantine.
+
+This layer knows that a job is a file whose directory is its state, and how its name
+depends on the state (:mod:`taskq.spool.layout`); it does not decide anything. Every
+state change is made by :mod:`taskq.transitions` through these operations, while it
+*owns* the job: it holds the job's run lock (``running/ID.lock``), taken before the
+job is touched, so that no two processes ever change one job at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .. import times
+from ..errors import SpoolError, ValidationError
+from ..ids import new_id
+from ..job import Job, is_complete, parse_json_bytes
+from . import layout, locks
+from .locks import Lock
+from .store import Store
+
+#: A job's place: (state directory, file name).
+Where = tuple[str, str]
+
+
+def pending_file(job: Job) -> str:
+    """The pending/ name of *job* (its priority, run_at and id; ``.after`` if it waits)."""
+    return layout.pending_name(job.id, job.priority, times.name_key(job.run_at_ts), bool(job.after))
+
+
+def file_in(state: str, job: Job) -> str:
+    """The file name of *job* in *state*."""
+    return pending_file(job) if state == "pending" else layout.job_file(job.id)
+
+
+@dataclass
+class Owned:
+    """A job this process owns (it holds the run lock), where its file is now, and
+    the state it was in when it was taken (``origin``: what a change reports as its
+    "from")."""
+
+    id: str
+    lock: Lock
+    state: str
+    name: str
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        self.origin = self.origin or self.state
+
+    def release(self) -> None:
+        self.lock.release(remove=True)
+
+
+class JobStore:
+    """The jobs of one spool, over its :class:`~taskq.spool.store.Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- finding -----------------------------------------------------------------------
+
+    def where_once(self, job_id: str) -> Where | None:
+        """One look for the job's file in each state directory."""
+        name = layout.job_file(job_id)
+        for state in ("running", "done", "failed"):
+            if self.store.has(state, name):
+                return state, name
+        for pname in self.store.names("pending"):
+            if layout.matches_id(pname, job_id):
+                return "pending", pname
+        return None
+
+    def locate(self, job_id: str) -> Where | None:
+        """Find the job *job_id*: its (state, file name), or None.
+
+        A job moves between directories while we look (and may move from one not yet
+        looked at into one already looked at), so a miss is believed only after three
+        full passes.
+        """
+        for _ in range(3):
+            found = self.where_once(job_id)
+            if found is not None:
+                return found
+        return None
+
+    def state_of(self, job_id: str) -> str | None:
+        """The state of job *job_id*, or None if there is no such job."""
+        for state in ("done", "failed"):  # the usual answer for a dependency: first
+            if self.store.has(state, layout.job_file(job_id)):
+                return state
+        found = self.locate(job_id)
+        return found[0] if found else None
+
+    def settled_at(self, job_id: str) -> float | None:
+        """When the settled job *job_id* settled (None if unknown)."""
+        for state in ("failed", "done"):
+            try:
+                settled = self.load(state, layout.job_file(job_id)).settled_at
+            except (FileNotFoundError, ValidationError, SpoolError):
+                continue
+            return times.parse_iso(settled) if settled else None
+        return None
+
+    def ids(self, state: str) -> list[str]:
+        """Ids of the job files in a state directory (drop-in files have none yet)."""
+        out = []
+        for name in self.store.names(state):
+            job_id = layout.id_in(state, name)
+            if job_id is not None:
+                out.append(job_id)
+        return out
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read_data(self, state: str, name: str) -> Any:
+        """The file's JSON (ValidationError if it is not JSON; FileNotFoundError if gone)."""
+        return parse_json_bytes(self.store.read(state, name))
+
+    def load(self, state: str, name: str) -> Job:
+        """A complete job record (raises FileNotFoundError, ValidationError, SpoolError)."""
+        job = Job.from_bytes(self.store.read(state, name))
+        job.state = state
+        return job
+
+    def is_drop_in(self, state: str, name: str) -> bool:
+        """Whether the file is a drop-in not yet taken in: a JSON object without the
+        fields every complete record has."""
+        try:
+            data = self.read_data(state, name)
+        except (FileNotFoundError, ValidationError, SpoolError):
+            return False
+        return isinstance(data, dict) and not is_complete(data)
+
+    def read_reason(self, job_id: str) -> dict[str, Any] | None:
+        """The ``failed/ID.reason`` of a quarantined file, if readable."""
+        try:
+            data = json.loads(self.store.read("failed", layout.reason_file(job_id)))
+        except (FileNotFoundError, SpoolError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    # -- changing ----------------------------------------------------------------------
+
+    def put_new(self, jobs: list[Job]) -> None:
+        """Publish new jobs into pending/, all or nothing (never over an existing file)."""
+        self.store.publish_new([(job.to_bytes(), pending_file(job)) for job in jobs], "pending")
+
+    def own(self, job_id: str, where: Where | None = None) -> Owned | None:
+        """Take the job's run lock without waiting and find its file (at *where* if
+        given). None if the lock is held, or if the job is not there (any more)."""
+        lock = locks.run_lock(self.store, job_id)
+        if lock is None:
+            return None
+        found = where if where is not None and self.store.has(*where) else None
+        if found is None and where is None:
+            found = self.locate(job_id)
+        if found is None:
+            lock.release(remove=True)
+            return None
+        return Owned(job_id, lock, *found)
+
+    def own_lock(self, job_id: str) -> Lock | None:
+        """The job's run lock alone (for a job that may have no file left)."""
+        return locks.run_lock(self.store, job_id)
+
+    def take(self, owned: Owned) -> None:
+        """Bring an owned pending job into running/ (the claim's rename). Raises
+        FileNotFoundError if the file has gone."""
+        if owned.state != "running":
+            name = layout.job_file(owned.id)
+            self.store.move(owned.state, owned.name, "running", name)
+            owned.state, owned.name = "running", name
+
+    def save(self, owned: Owned, job: Job) -> None:
+        """Write *job* over the owned job's file where it is (stage, rename, fsync)."""
+        self.store.write(owned.state, owned.name, job.to_bytes())
+
+    def move(self, owned: Owned, job: Job, state: str) -> None:
+        """Rename the owned job's file into *state* under the name it has there."""
+        name = file_in(state, job)
+        self.store.move(owned.state, owned.name, state, name)
+        owned.state, owned.name = state, name
+        job.state = state
+
+    def quarantine(self, owned: Owned, why: str, original: str | None = None) -> str:
+        """Move a file that is not a valid job to failed/, bytes untouched, with the
+        reason in ``failed/ID.reason`` beside it. Returns the id it is filed under."""
+        job_id = owned.id
+        if self.store.has("failed", layout.job_file(job_id)):
+            job_id = new_id()
+        reason = {
+            "last_error": f"invalid job file: {why}",
+            "original_name": original or owned.name,
+            "settled_at": times.iso(times.now()),
+        }
+        self.store.write("failed", layout.reason_file(job_id), json.dumps(reason).encode() + b"\n", tag="reason")
+        self.store.move(owned.state, owned.name, "failed", layout.job_file(job_id))
+        owned.state, owned.name = "failed", layout.job_file(job_id)
+        return job_id
+
+    def delete(self, owned: Owned) -> None:
+        """Remove a settled job with its log and reason file. The job file last: if a
+        removal fails, the job is still listed and a second purge finds its log and
+        reason (none is left orphaned)."""
+        self.store.remove_log(owned.id)
+        self.store.remove(owned.state, layout.reason_file(owned.id))
+        self.store.remove(owned.state, owned.name)
+
+    # -- cancel requests ---------------------------------------------------------------
+
+    def request_cancel(self, job_id: str) -> None:
+        self.store.write("running", layout.cancel_file(job_id), b"", tag="cancel")
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.store.has("running", layout.cancel_file(job_id))
+
+    def clear_cancel(self, job_id: str) -> None:
+        self.store.remove("running", layout.cancel_file(job_id))
+
+    # -- the attempt's process group ---------------------------------------------------
+
+    def record_group(self, lock: Lock, pgid: int) -> None:
+        """Note the attempt's process group in its run lock's file."""
+        lock.write(f"pgid={pgid} boot={boot_id()}", durable=False)
+
+    def attempt_group(self, lock: Lock) -> int | None:
+        """The process group recorded in a held run lock's file, if a process of it is
+        still alive in this boot (a process that dropped the lock's descriptor: a
+        daemon, a child that closed its fds)."""
+        fields = dict(part.split("=", 1) for part in lock.read().split() if "=" in part)
+        try:
+            pgid = int(fields.get("pgid", ""))
+        except ValueError:
+            return None
+        if pgid <= 1 or fields.get("boot") != boot_id():
+            return None
+        from ..runner import group_alive  # noqa: PLC0415 - the worker side only
+
+        return pgid if group_alive(pgid) else None
+
+    def stray_locks(self) -> list[str]:
+        """Ids of run locks with no job file beside them: left by a worker that died
+        after settling a job (or before claiming it)."""
+        jobs = set(self.store.names("running"))
+        out = []
+        for name in self.store.names("running", suffix=layout.LOCK):
+            job_id = layout.stem(name, layout.LOCK)
+            if job_id and layout.job_file(job_id) not in jobs:
+                out.append(job_id)
+        return out
+
+
+_BOOT_ID: list[str] = []
+
+
+def boot_id() -> str:
+    """This boot's identity (Linux), so that a process group id recorded before a
+    reboot is never mistaken for a live one."""
+    if not _BOOT_ID:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as fh:
+                _BOOT_ID.append(fh.read().strip())
+        except OSError:
+            _BOOT_ID.append("unknown")
+    return _BOOT_ID[0]
+
+
+def mtime_of(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0

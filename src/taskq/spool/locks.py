@@ -1,0 +1,117 @@
+"""Locks: a job's run lock and the unique-key locks, as flock(2) on small files.
+
+* ``running/ID.lock`` is held by the worker from before the claim until the job is
+  settled, and by every process of the attempt (they inherit the descriptor): a job
+  whose lock can be taken has no live worker and no live process. Its content notes
+  the attempt's process group (:func:`taskq.spool.jobs.JobStore.attempt_group`).
+* ``keys/<sha256 of the key>`` is held while an ``add`` or ``retry`` decides whether a
+  key is free; its content names the job that holds the key.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from ..errors import SpoolError
+from . import layout
+from .store import Store, io_error
+
+
+class Lock:
+    """An flock(2) held on a file; the descriptor can be handed to child processes."""
+
+    def __init__(self, store: Store, path: str, fd: int) -> None:
+        self.store = store
+        self.path = path
+        self.fd = fd
+
+    def read(self) -> str:
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        return os.read(self.fd, 4096).decode("utf-8", "replace").strip()
+
+    def write(self, text: str, durable: bool = True) -> None:
+        """Record *text* in the lock's file (a key's holder, durably; an attempt's
+        process group, which need not survive a reboot)."""
+        try:
+            self.store.io.overwrite(self.fd, text.encode() + b"\n")
+            if self.store.sync and durable:
+                self.store.io.fsync(self.fd)
+        except OSError as exc:
+            raise io_error("write", self.path, exc) from None
+
+    def release(self, remove: bool) -> None:
+        """Drop the lock; with *remove*, unlink the file first (safe while we hold it:
+        whoever opened the old file finds, after locking it, that it is not the file
+        at the path any more, and tries again). A file that cannot be removed stays:
+        the next owner or recovery removes it."""
+        if self.fd < 0:
+            return
+        if remove:
+            self.store.discard(self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def take(store: Store, path: str, blocking: bool) -> Lock | None:
+    """Lock *path* (created if missing); None if *blocking* is False and it is held."""
+    while True:
+        try:
+            fd = store.io.open_lock(path, layout.FILE_MODE)
+        except OSError as exc:
+            raise io_error("open lock", path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        # The holder we waited for may have removed the file: lock the current one.
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return Lock(store, path, fd)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def run_lock(store: Store, job_id: str) -> Lock | None:
+    """Take the job's run lock without waiting; None if it is held."""
+    return take(store, store.path("running", layout.lock_file(job_id)), blocking=False)
+
+
+def key_lock(store: Store, key: str) -> Lock:
+    """Take (waiting for it) the lock of a unique key; its file names the holder."""
+    keys = store.top(layout.KEYS)
+    try:
+        store.mkdir(keys)
+    except OSError as exc:
+        raise io_error("create", keys, exc) from None
+    lock = take(store, os.path.join(keys, layout.key_file(key)), blocking=True)
+    assert lock is not None  # a blocking take always returns a lock
+    return lock
+
+
+def drop_keys(store: Store, holders: set[str]) -> int:
+    """Remove the unique-key files held by *holders* (purged jobs) or by nobody, so
+    keys/ does not grow with every distinct key ever used. A key file in use by an
+    ``add`` at this moment is left alone. Returns how many were removed."""
+    keys = store.top(layout.KEYS)
+    try:
+        names = os.listdir(keys)
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        if name.startswith("."):
+            continue
+        try:
+            lock = take(store, os.path.join(keys, name), blocking=False)
+        except SpoolError:
+            continue
+        if lock is None:
+            continue
+        holder = lock.read()
+        stale = not holder or holder in holders
+        removed += stale
+        lock.release(remove=stale)
+    return removed

@@ -1,0 +1,375 @@
+"""The spool's files: atomic publication, moves, reads and listings.
+
+Publishing is always: write into tmp/, fsync the file, rename (or link) into place,
+fsync the directory, so that the rename is durable. A state change is one rename; when
+the record changes too, the new content is first written over the file in its current
+directory (same protocol), then the file is renamed, so a crash leaves the job in
+exactly one directory, with either its old or its new content.
+
+Every change goes through :class:`~taskq.spool.fileio.FileIO`; every name comes from
+:mod:`taskq.spool.layout`. Nothing here knows what a job is.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+
+from ..errors import NoSpoolError, SpoolError
+from . import layout
+from .fileio import FileIO
+
+
+def io_error(action: str, path: str, exc: OSError) -> SpoolError:
+    """A one-line SpoolError naming the path ("disk full" for ENOSPC and EDQUOT)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SpoolError(f"cannot {action} {path}: disk full")
+    return SpoolError(f"cannot {action} {path}: {exc.strerror or exc}")
+
+
+class Store:
+    """A spool directory's files. *fsync* False trades durability for speed."""
+
+    def __init__(self, root: str | os.PathLike[str], fsync: bool = True, io: FileIO | None = None) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.sync = fsync
+        self.io = io or FileIO()
+
+    def dir(self, state: str) -> str:
+        return os.path.join(self.root, state)
+
+    def path(self, state: str, name: str) -> str:
+        return os.path.join(self.root, state, name)
+
+    def top(self, name: str) -> str:
+        """A file at the top of the spool (taskq.toml, paused, keys/)."""
+        return os.path.join(self.root, name)
+
+    # -- the spool itself --------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.dir("pending"))
+
+    def require(self) -> None:
+        """Raise NoSpoolError unless the spool exists (read commands never create it)."""
+        if not self.exists():
+            raise NoSpoolError(self.root)
+
+    def create(self) -> None:
+        """Create the spool and its six directories (mode 0700) where missing."""
+        try:
+            self._make_parents(self.root)
+            for path in [self.root] + [self.dir(name) for name in layout.DIRS]:
+                if not os.path.isdir(path):
+                    self.mkdir(path)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool at {self.root}: {exc.strerror}") from None
+        if not os.access(self.dir(layout.TMP), os.W_OK):
+            raise SpoolError(f"spool at {self.root} is not writable")
+
+    def mkdir(self, path: str, mode: int = layout.DIR_MODE) -> None:
+        """Create a directory; one that exists already is fine."""
+        try:
+            self.io.mkdir(path, mode)
+        except FileExistsError:
+            pass
+
+    def _make_parents(self, path: str) -> None:
+        """Create the missing parents of *path* with mode 0755 whatever the umask
+        (os.makedirs gives them 0777 & ~umask: with umask 000, others could swap the spool)."""
+        missing = []
+        parent = os.path.dirname(path)
+        while parent and parent != os.path.dirname(parent) and not os.path.isdir(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        for directory in reversed(missing):
+            self.mkdir(directory, 0o755)
+
+    def check_safe(self) -> None:
+        """Refuse a spool that another local user could plant jobs in: one owned by
+        another user, writable by group or others, or whose state directories are
+        symlinks. A worker runs what it finds here, as its own user."""
+        uid = os.geteuid()
+        for path in [self.root] + [self.dir(name) for name in layout.DIRS]:
+            try:
+                st = os.stat(path) if path == self.root else os.lstat(path)
+            except OSError as exc:
+                raise SpoolError(f"cannot check {path}: {exc.strerror}") from None
+            refuse = f"refusing to work on {self.root}: {path}"
+            if not stat.S_ISDIR(st.st_mode):
+                raise SpoolError(f"{refuse} is not a directory")
+            if st.st_uid != uid:
+                raise SpoolError(f"{refuse} is owned by uid {st.st_uid}, not {uid}")
+            if st.st_mode & 0o022:
+                who = "others" if st.st_mode & 0o002 else "its group"
+                raise SpoolError(f"{refuse} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}); chmod go-w it")
+
+    # -- publication -------------------------------------------------------------------
+
+    def stage(self, data: bytes, tag: str = "job") -> str:
+        """Write *data* to a fresh file in tmp/ and fsync it; return its path."""
+        path = self.path(layout.TMP, layout.staging_name(tag))
+        try:
+            self.io.write_new(path, data, layout.FILE_MODE, self.sync)
+        except OSError as exc:
+            self.discard(path)
+            raise io_error("write", path, exc) from None
+        return path
+
+    def publish(self, staged: str, state: str, name: str) -> None:
+        """Rename a staged file into *state*/*name* and make the rename durable."""
+        dest = self.path(state, name)
+        try:
+            self.io.rename(staged, dest)
+        except OSError as exc:
+            self.discard(staged)
+            raise io_error("rename into", dest, exc) from None
+        self.sync_dir(state)
+
+    def publish_new(self, files: list[tuple[bytes, str]], state: str) -> None:
+        """Publish new files (content, name) into *state*, all or nothing: all are
+        staged and fsynced first, then linked into place (link(2) never replaces a
+        file, where rename(2) would), then the directory is fsynced once. On any
+        failure, what was linked is taken back."""
+        staged: list[tuple[str, str]] = []
+        try:
+            for data, name in files:
+                staged.append((self.stage(data), name))
+            published: list[str] = []
+            try:
+                for path, name in staged:
+                    self._link(path, state, name)
+                    published.append(name)
+                self.sync_dir(state)
+            except SpoolError:
+                for name in published:
+                    try:
+                        self.remove(state, name)
+                    except SpoolError:
+                        pass
+                raise
+        finally:
+            for path, _ in staged:
+                self.discard(path)
+
+    def _link(self, staged: str, state: str, name: str) -> None:
+        dest = self.path(state, name)
+        try:
+            self.io.link(staged, dest)
+        except FileExistsError:
+            raise SpoolError(f"cannot publish {dest}: a file of that name exists") from None
+        except OSError as exc:
+            raise io_error("link into", dest, exc) from None
+
+    def write(self, state: str, name: str, data: bytes, tag: str = "job") -> None:
+        """Atomically create or replace *state*/*name* with *data* (stage, rename, fsync)."""
+        self.publish(self.stage(data, tag), state, name)
+
+    def move(self, src_state: str, src_name: str, dst_state: str, dst_name: str) -> None:
+        """One atomic rename between (or within) state directories, made durable.
+
+        Raises FileNotFoundError if the source is gone (another process moved it
+        first: the caller lost a race and must not touch the job).
+        """
+        src, dst = self.path(src_state, src_name), self.path(dst_state, dst_name)
+        try:
+            self.io.rename(src, dst)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise io_error("rename to", dst, exc) from None
+        self.sync_dir(dst_state)
+        if src_state != dst_state:
+            self.sync_dir(src_state)
+
+    def sync_dir(self, state: str) -> None:
+        if not self.sync:
+            return
+        path = self.dir(state)
+        try:
+            self.io.fsync_dir(path)
+        except OSError as exc:
+            raise io_error("fsync", path, exc) from None
+
+    def remove(self, state: str, name: str) -> None:
+        """Delete a file; a file already gone is fine."""
+        self.unlink(self.path(state, name))
+
+    def unlink(self, path: str) -> None:
+        try:
+            self.io.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise io_error("delete", path, exc) from None
+
+    def discard(self, path: str) -> None:
+        """Remove a file of our own after a failure, ignoring errors."""
+        self.io.discard(path)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read(self, state: str, name: str) -> bytes:
+        """Read a regular file without following a symlink.
+
+        Raises FileNotFoundError if it is gone, SpoolError if it is not a regular file,
+        unreadable or too large.
+        """
+        path = self.path(state, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SpoolError(f"{path} is a symlink") from None
+            raise SpoolError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SpoolError(f"{path} is not a regular file")
+            limit = layout.MAX_FILE_BYTES
+            if st.st_size > limit:
+                raise SpoolError(f"{path} is larger than {limit} bytes")
+            chunks, size = [], 0
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise SpoolError(f"{path} is larger than {limit} bytes")
+            return b"".join(chunks)
+        except OSError as exc:
+            raise SpoolError(f"cannot read {path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def entries(self, state: str, suffix: str = layout.JSON) -> Iterator[os.DirEntry[str]]:
+        """Regular, non-hidden files of *state* ending with *suffix*, with their cached
+        stat. Symlinks, directories and other entries are never listed, so they are
+        never parsed or run."""
+        try:
+            with os.scandir(self.dir(state)) as it:
+                for entry in it:
+                    if not layout.is_listed(entry.name, suffix):
+                        continue
+                    try:
+                        if entry.is_file(follow_symlinks=False):
+                            yield entry
+                    except OSError:
+                        continue
+        except FileNotFoundError:
+            raise NoSpoolError(self.root) from None
+        except OSError as exc:
+            raise SpoolError(f"cannot list {self.dir(state)}: {exc.strerror}") from None
+
+    def names(self, state: str, suffix: str = layout.JSON) -> list[str]:
+        """Names of :meth:`entries` (unsorted)."""
+        return [entry.name for entry in self.entries(state, suffix)]
+
+    def dir_mtime(self, state: str) -> int:
+        """The directory's change stamp (ns), to tell whether a cached listing is stale."""
+        return os.stat(self.dir(state)).st_mtime_ns
+
+    def has(self, state: str, name: str) -> bool:
+        """Whether *state*/*name* is a regular file (not a symlink)."""
+        try:
+            return stat.S_ISREG(os.lstat(self.path(state, name)).st_mode)
+        except OSError:
+            return False
+
+    def mtime(self, state: str, name: str) -> float | None:
+        try:
+            return os.lstat(self.path(state, name)).st_mtime
+        except OSError:
+            return None
+
+    # -- spool-wide files --------------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def is_paused(self) -> bool:
+        return os.path.lexists(self.top(layout.PAUSED))
+
+    def set_paused(self, paused: bool) -> None:
+        path = self.top(layout.PAUSED)
+        try:
+            if paused and not os.path.lexists(path):
+                self.io.write_new(path, b"", layout.FILE_MODE, self.sync)
+            elif not paused and os.path.lexists(path):
+                self.io.unlink(path)
+            else:
+                return
+            if self.sync:
+                self.io.fsync_dir(self.root)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise io_error("update", path, exc) from None
+
+    def config_path(self) -> str:
+        return self.top(layout.CONFIG)
+
+    def read_config(self) -> bytes | None:
+        path = self.config_path()
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SpoolError(f"cannot read {path}: {exc.strerror}") from None
+
+    # -- logs --------------------------------------------------------------------------
+
+    def log_path(self, job_id: str) -> str:
+        return self.path(layout.LOGS, layout.log_file(job_id))
+
+    def read_log(self, job_id: str, offset: int) -> bytes:
+        """The job's log from byte *offset* on (empty if it has no log yet)."""
+        path = self.log_path(job_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            raise io_error("read", path, exc) from None
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def open_log(self, job_id: str) -> int:
+        """Open the job's log for appending (created 0600; never through a symlink)."""
+        path = self.log_path(job_id)
+        try:
+            return self.io.open_append(path, layout.FILE_MODE)
+        except OSError as exc:
+            raise io_error("open log", path, exc) from None
+
+    def remove_log(self, job_id: str) -> None:
+        self.remove(layout.LOGS, layout.log_file(job_id))
+
+    def clean_tmp(self, cutoff: float) -> list[str]:
+        """Remove staging files last modified before *cutoff*: left-overs of writers
+        that died between writing and renaming (no live writer takes that long)."""
+        removed = []
+        try:
+            with os.scandir(self.dir(layout.TMP)) as it:
+                for entry in it:
+                    try:
+                        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            self.io.unlink(entry.path)
+                            removed.append(entry.name)
+                    except OSError:
+                        continue
+        except OSError:
+            pass
+        return removed

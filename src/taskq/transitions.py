@@ -1,0 +1,358 @@
+"""Every state change of a job, in one shape: **own → read → decide → commit**.
+
+* *own*: take the job's run lock (:meth:`JobStore.own`), so no other process changes
+  it at the same time;
+* *read*: bring it into running/ if it is pending (the claim's rename) and load its
+  record; a file that is not a valid job is quarantined to failed/ instead;
+* *decide*: a pure rule of :mod:`taskq.policy` (or the user's request: cancel, retry);
+* *commit* (:meth:`Transitions._commit`): write the new record over the file where it
+  is (stage in tmp/, fsync, rename, fsync), then rename it into its new directory, and
+  report the :class:`Change`.
+
+A crash between the two renames of a commit leaves the job in running/ with its
+outcome recorded; :meth:`Transitions.recover` finishes the move. ``_commit`` and
+``_changed`` are the one place where a state change is written and reported: an event
+record, a hook, a fencing check or a group commit is added there, once.
+
+The changes: enqueue, claim, start, settle (done / retry / failed), unclaim, recover,
+cancel, retry, fail a dependent, normalise a drop-in file, quarantine, purge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import times
+from .errors import SpoolError, StateConflictError, ValidationError
+from .ids import check_id, new_id, worker_id
+from .job import CANCELLED, WORKER_LOST, Attempt, Job, Outcome, build, is_complete
+from .policy import Decision, decide
+from .spool import layout
+from .spool.jobs import JobStore, Owned
+from .spool.layout import PendingName
+from .spool.locks import Lock
+
+
+@dataclass(frozen=True)
+class Change:
+    """One state change that happened. ``src`` is None for a new job, ``dst`` None for
+    a job deleted; ``job`` is the record after the change (None for a file that was
+    not a valid job)."""
+
+    kind: str
+    job_id: str
+    src: str | None
+    dst: str | None
+    job: Job | None = None
+    decision: Decision | None = None
+
+
+@dataclass
+class Claimed:
+    """A job this process owns in running/: its record and its run lock."""
+
+    job: Job
+    owned: Owned
+
+    @property
+    def lock(self) -> Lock:
+        return self.owned.lock
+
+
+class Transitions:
+    """The state changes of one spool's jobs. *observe* is told of every change."""
+
+    def __init__(self, jobs: JobStore, observe: Callable[[Change], None] | None = None) -> None:
+        self.jobs = jobs
+        self.store = jobs.store
+        self.observe = observe
+
+    # -- the one place where a change is written and reported ---------------------------
+
+    def _commit(self, kind: str, owned: Owned, job: Job, state: str, decision: Decision | None = None) -> None:
+        """Write *job* where it is, then move it into *state*."""
+        src = owned.origin
+        self.jobs.save(owned, job)
+        self.jobs.move(owned, job, state)
+        owned.origin = state
+        self._changed(Change(kind, job.id, src, state, job, decision))
+
+    def _changed(self, change: Change) -> None:
+        if self.observe is not None:
+            self.observe(change)
+
+    def _take(self, owned: Owned) -> Job | None:
+        """Bring an owned job into running/ and read it; a file that is not a valid job
+        is quarantined (None). Raises FileNotFoundError if it moved away first."""
+        self.jobs.take(owned)
+        try:
+            job = self.jobs.load(owned.state, owned.name)
+            if job.id != owned.id:
+                raise ValidationError(f"id {job.id!r} in the file does not match its name")
+        except (ValidationError, SpoolError) as exc:
+            self.quarantine(owned, str(exc))
+            return None
+        return job
+
+    # -- producer side -----------------------------------------------------------------
+
+    def enqueue(self, jobs: list[Job]) -> None:
+        """Publish new jobs in pending/, all or nothing."""
+        self.jobs.put_new(jobs)
+        for job in jobs:
+            job.state = "pending"
+            self._changed(Change("enqueue", job.id, None, "pending", job))
+
+    # -- worker side -------------------------------------------------------------------
+
+    def claim(self, entry: PendingName) -> Claimed | None:
+        """Claim one pending job: own it, rename pending → running, read it.
+
+        Returns None when another process got there first, or when the file turned
+        out not to be a valid job (it is then in failed/ with the reason beside it).
+        """
+        if not self.store.has("pending", entry.name):
+            return None  # gone, or not a regular file: never touched
+        owned = self.jobs.own(entry.id, ("pending", entry.name))
+        if owned is None:
+            return None
+        try:
+            job = self._take(owned)
+        except FileNotFoundError:
+            job = None
+        except BaseException:
+            owned.release()
+            raise
+        if job is None:
+            owned.release()
+            return None
+        owned.origin = "running"
+        self._changed(Change("claim", job.id, "pending", "running", job))
+        return Claimed(job, owned)
+
+    def start(self, claimed: Claimed, now: float) -> Attempt:
+        """Record a new attempt (not finished) in the running job's file."""
+        job = claimed.job
+        attempt = Attempt(number=len(job.attempts) + 1, started_at=times.iso(now), worker=worker_id())
+        job.attempts.append(attempt)
+        try:
+            self.jobs.save(claimed.owned, job)
+        except SpoolError:
+            job.attempts.pop()
+            raise
+        self._changed(Change("start", job.id, "running", "running", job))
+        return attempt
+
+    def settle(self, claimed: Claimed, outcome: Outcome, now: float, jitter: float) -> Decision:
+        """Record how the current attempt ended, decide, and move the job (done/,
+        failed/, or back to pending/ at its retry time). Releases the run lock."""
+        job = claimed.job
+        try:
+            job.attempts[-1].close(outcome, now)
+            decision = decide(job, outcome, now, jitter)
+            self._settle_record(job, decision, now)
+            self._commit("settle", claimed.owned, job, decision.state, decision)
+            self.jobs.clear_cancel(job.id)
+            return decision
+        finally:
+            claimed.owned.release()
+
+    def unclaim(self, claimed: Claimed, not_before: float) -> None:
+        """Put a claimed job whose attempt never started back to pending/, with no
+        attempt recorded, ready at *not_before* at the earliest. Releases the lock."""
+        job = claimed.job
+        try:
+            decision = Decision("pending", run_at=max(job.run_at_ts, not_before), last_error=job.last_error)
+            self._settle_record(job, decision, times.now())
+            self._commit("unclaim", claimed.owned, job, "pending", decision)
+        finally:
+            claimed.owned.release()
+
+    def record_group(self, claimed: Claimed, pgid: int) -> None:
+        """Note the attempt's process group beside its lock, for recovery."""
+        self.jobs.record_group(claimed.lock, pgid)
+
+    def recover(self, job_id: str, now: float, jitter: float) -> tuple[str, Decision] | None:
+        """Recover running/ID.json if nobody owns it any more (its run lock is free: no
+        worker and no process of the attempt is alive). Returns what was done, or None
+        when the job is alive or already gone.
+
+        * an attempt in progress is closed as "worker lost" (it counts) and the job
+          goes through the retry policy;
+        * an attempt that had finished (the worker died while settling) is settled by
+          its recorded outcome;
+        * a job claimed but never started goes back to pending as it was;
+        * a drop-in file caught half taken in goes back to pending/ as it was.
+        """
+        lock = self.jobs.own_lock(job_id)
+        if lock is None:
+            return None
+        owned = Owned(job_id, lock, "running", layout.job_file(job_id))
+        remove_lock = True
+        try:
+            if not self.store.has("running", owned.name):
+                return None
+            if self.jobs.attempt_group(lock) is not None:
+                remove_lock = False  # a process of the attempt is still alive: not yet
+                return None
+            try:
+                job = self.jobs.load("running", owned.name)
+            except (ValidationError, SpoolError) as exc:
+                return self._recover_unreadable(owned, str(exc), now)
+            what, decision = self._recovery(job, now, jitter)
+            self._settle_record(job, decision, now)
+            self._commit("recover", owned, job, decision.state, decision)
+            return what, decision
+        finally:
+            lock.release(remove=remove_lock)
+
+    @staticmethod
+    def _recovery(job: Job, now: float, jitter: float) -> tuple[str, Decision]:
+        current = job.current_attempt
+        if current is not None:
+            outcome = Outcome(error=WORKER_LOST)
+            current.close(outcome, now)
+            return "worker lost", decide(job, outcome, now, jitter)
+        last = job.budget_attempts[-1] if job.budget_attempts else None
+        if last is not None and last.outcome is not None:
+            ended = times.parse_iso(last.finished_at or job.run_at)
+            return "settled", decide(job, last.outcome, ended, jitter)
+        return "returned", Decision("pending", run_at=job.run_at_ts, last_error=job.last_error)
+
+    def _recover_unreadable(self, owned: Owned, why: str, now: float) -> tuple[str, Decision]:
+        if self.jobs.is_drop_in("running", owned.name):
+            # normalise() stopped (crash, I/O error) between moving a drop-in file here
+            # and writing its complete record: it goes back as the drop-in it was.
+            self.store.move("running", owned.name, "pending", owned.name)
+            self._changed(Change("recover", owned.id, "running", "pending"))
+            return "returned", Decision("pending", run_at=now)
+        self.quarantine(owned, why)
+        return "quarantined", Decision("failed", last_error=why)
+
+    def fail_dependent(self, entry: PendingName, dep: str, now: float) -> bool:
+        """Move a pending job whose dependency *dep* failed to failed/."""
+        owned = self.jobs.own(entry.id, ("pending", entry.name))
+        if owned is None:
+            return False
+        try:
+            try:
+                job = self._take(owned)
+            except FileNotFoundError:
+                return False
+            if job is not None:
+                decision = Decision("failed", last_error=f"dependency {dep} failed")
+                self._settle_record(job, decision, now)
+                self._commit("fail_dependent", owned, job, "failed", decision)
+            return True
+        finally:
+            owned.release()
+
+    def normalise(self, name: str, now: float, default_cwd: str, defaults: dict, tasks: dict) -> Job | None:
+        """Take in a drop-in file (any other ``*.json`` name in pending/): give it an id
+        and its proper name, filling defaults, its ``created_at`` the time it was
+        dropped (the file's mtime). A file that is not a valid job goes to failed/.
+        Returns the job (now pending), or None (lost a race, or quarantined)."""
+        dropped = self.store.mtime("pending", name)
+        if dropped is None or not self.store.has("pending", name):
+            return None  # gone, or a directory, symlink...: left where it is, never read
+        try:
+            data = self.jobs.read_data("pending", name)
+        except FileNotFoundError:
+            return None
+        except (ValidationError, SpoolError):
+            data = None
+        given = data.get("id") if isinstance(data, dict) else None
+        job_id = given if isinstance(given, str) and _free_id(self.jobs, given) else new_id(dropped)
+        lock = self.jobs.own_lock(job_id)
+        if lock is None:
+            return None
+        owned = Owned(job_id, lock, "pending", name)
+        try:
+            try:
+                self.jobs.take(owned)
+            except FileNotFoundError:
+                return None
+            try:
+                job = self._complete(self.jobs.read_data("running", owned.name), job_id, dropped,
+                                     default_cwd, defaults, tasks)
+            except (ValidationError, SpoolError) as exc:
+                self.quarantine(owned, str(exc), original=name)
+                return None
+            self._commit("normalise", owned, job, "pending")
+            return job
+        finally:
+            owned.release()
+
+    @staticmethod
+    def _complete(data: object, job_id: str, dropped: float, default_cwd: str,
+                  defaults: dict, tasks: dict) -> Job:
+        if not isinstance(data, dict):
+            raise ValidationError("a job must be a JSON object")
+        data["id"] = job_id
+        if is_complete(data):
+            return Job.from_record(data)  # a complete record, e.g. moved back by hand
+        return build(data, now=dropped, default_cwd=default_cwd, defaults=defaults, tasks=tasks)
+
+    def quarantine(self, owned: Owned, why: str, original: str | None = None) -> str:
+        """Move a file that is not a valid job to failed/ with the reason beside it.
+        Returns the id it is filed under."""
+        src = owned.origin
+        filed = self.jobs.quarantine(owned, why, original)
+        self._changed(Change("quarantine", filed, src, "failed"))
+        return filed
+
+    # -- user side ---------------------------------------------------------------------
+
+    def cancel(self, owned: Owned, now: float) -> Job:
+        """Cancel an owned job: pending (moved through running/), or running with no
+        live process (its attempt is closed as cancelled)."""
+        job = self._take(owned)
+        if job is None:
+            raise StateConflictError(f"job {owned.id} is not a valid job file: moved to failed/")
+        attempt = job.current_attempt
+        if attempt is not None:
+            attempt.close(Outcome(error=CANCELLED), now)
+        decision = Decision("failed", last_error=CANCELLED)
+        self._settle_record(job, decision, now)
+        self._commit("cancel", owned, job, "failed", decision)
+        self.jobs.clear_cancel(job.id)
+        return job
+
+    def retry(self, owned: Owned, job: Job, now: float) -> Job:
+        """Put an owned failed job back to pending/, ready now, with a fresh budget of
+        ``max_attempts`` (earlier attempts stay in the history)."""
+        job.budget_start = len(job.attempts)
+        job.run_at = job.retried_at = times.iso(now)
+        job.settled_at = None
+        self._commit("retry", owned, job, "pending")
+        return job
+
+    def purge(self, owned: Owned) -> None:
+        """Delete an owned settled job, its log and its reason file."""
+        src = owned.origin
+        self.jobs.delete(owned)
+        self._changed(Change("purge", owned.id, src, None))
+
+    # -- records -----------------------------------------------------------------------
+
+    @staticmethod
+    def _settle_record(job: Job, decision: Decision, now: float) -> None:
+        """What a decision changes in the record: ``last_error``, and ``run_at`` (back
+        to pending) or ``settled_at`` (done or failed)."""
+        job.last_error = decision.last_error
+        if decision.state == "pending":
+            job.run_at = times.iso(decision.run_at if decision.run_at is not None else now)
+            job.settled_at = None
+        else:
+            job.settled_at = times.iso(now)
+
+
+def _free_id(jobs: JobStore, given: str) -> bool:
+    """Whether a drop-in file's own id can be used: valid, and no job has it."""
+    try:
+        check_id(given)
+    except ValidationError:
+        return False
+    return jobs.locate(given) is None
+

@@ -1,0 +1,112 @@
+"""One attempt of a claimed job, start to settle: record the attempt, run it (the
+worker's :class:`~taskq.runner.Runner`) with its output in the job's log, then settle
+it by its outcome. Runs in a thread of its own, one per running job."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import times
+from ..errors import SpoolError
+from ..job import CANCELLED, INTERRUPTED, Attempt, Outcome
+from ..policy import Decision, describe
+from ..runner import Control, Runner
+from ..transitions import Claimed, Transitions
+
+#: A slot whose attempt could not even be recorded stays busy this long, so that a
+#: failing disk is not hammered.
+START_FAILED_PAUSE = 0.25
+
+
+@dataclass
+class Running:
+    """A job this worker runs: its claim, the controls of its attempt, its thread."""
+
+    claimed: Claimed
+    control: Control
+    thread: threading.Thread | None = None
+    finished: bool = False
+
+
+@dataclass
+class AttemptRunner:
+    """What one attempt needs from its worker."""
+
+    transitions: Transitions
+    runner: Runner
+    event: Callable[[str], None]
+    rng: random.Random
+
+    def run(self, claimed: Claimed, control: Control) -> None:
+        """start → run → settle. Never raises: a failure is reported, and what could
+        not be written is left for recovery."""
+        job = claimed.job
+        try:
+            attempt = self._start(claimed)
+            if attempt is None:
+                return
+            outcome = self._execute(claimed, attempt, control)
+            try:
+                decision = self.transitions.settle(claimed, outcome, times.now(), self.rng.random())
+            except SpoolError as exc:
+                self.event(f"cannot settle {job.id}: {exc} (recovery will retry it)")
+                return
+            self.event(settled_message(claimed, attempt, outcome, decision))
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the worker stuck
+            self.event(f"internal error on {job.id}: {exc!r}")
+            claimed.lock.release(remove=False)
+
+    def _start(self, claimed: Claimed) -> Attempt | None:
+        job = claimed.job
+        try:
+            attempt = self.transitions.start(claimed, times.now())
+        except SpoolError as exc:
+            # Nothing ran: put the job back as it was, uncounted. If even that fails,
+            # it stays in running/ unowned and recovery returns it.
+            self.event(f"cannot start {job.id}: {exc}")
+            try:
+                self.transitions.unclaim(claimed, times.now())
+            except SpoolError:
+                claimed.lock.release(remove=False)
+            time.sleep(START_FAILED_PAUSE)
+            return None
+        label = f" ({job.name})" if job.name else ""
+        self.event(f"claimed {job.id}{label} attempt {attempt.number} (try {job.failures + 1} of {job.max_attempts})")
+        return attempt
+
+    def _execute(self, claimed: Claimed, attempt: Attempt, control: Control) -> Outcome:
+        """Run the attempt with its output appended to the job's log, under a header."""
+        job = claimed.job
+        try:
+            log_fd = self.transitions.store.open_log(job.id)
+        except SpoolError as exc:
+            return Outcome(error=f"cannot open log: {exc}")
+        try:
+            header = f"=== taskq: attempt {attempt.number} started {attempt.started_at} on {attempt.worker} ===\n"
+            os.write(log_fd, header.encode())
+            outcome = self.runner(job, attempt.number, log_fd, claimed.lock.fd, control)
+            if outcome.error:
+                os.write(log_fd, f"=== taskq: {outcome.error} ===\n".encode())
+            return outcome
+        finally:
+            os.close(log_fd)
+
+
+def settled_message(claimed: Claimed, attempt: Attempt, outcome: Outcome, decision: Decision) -> str:
+    """The worker's event line for a settled attempt."""
+    job = claimed.job
+    if outcome.error == CANCELLED:
+        return f"cancelled {job.id}"
+    if decision.state == "done":
+        return f"succeeded {job.id}" + (f" ({job.name})" if job.name else "")
+    if decision.state == "pending" and outcome.error == INTERRUPTED:
+        return f"interrupted {job.id}: back to pending"
+    if decision.state == "pending":
+        return (f"failed {job.id} attempt {attempt.number}: {describe(outcome, job.timeout)}; "
+                f"retry at {times.iso(decision.run_at or 0)}")
+    return f"failed for good {job.id}: {decision.last_error}"

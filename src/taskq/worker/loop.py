@@ -1,0 +1,331 @@
+"""The worker: claim → run → settle, until stopped.
+
+One process runs up to ``concurrency`` jobs at once, each attempt in a thread
+(:mod:`.attempt`); the main thread claims, watches the spool, recovers jobs of dead
+workers and handles signals. Any number of workers may share a spool: a claim is a
+rename, which only one of them can win.
+
+:meth:`Worker.run_once` is one iteration of the main loop and takes the time as a
+parameter; :meth:`Worker.run` sets up, then repeats it, waiting in between for
+inotify, a finished attempt, a signal or the next scheduled job. The index of pending/
+(:mod:`.index`) is kept current by inotify events; without inotify it re-lists when
+the directory's mtime changes and once a second.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TextIO
+
+from .. import times
+from ..api import Spool
+from ..errors import SpoolError, TaskqError, ValidationError
+from ..runner import Control, ProcessRunner, Runner, become_subreaper
+from ..stopping import STOP, StopState
+from ..transitions import Claimed
+from ..watch import Watcher
+from .attempt import AttemptRunner, Running
+from .claims import Claims
+from .index import key_to_ts
+
+if TYPE_CHECKING:
+    from ..render import LiveView
+
+#: How often running/ is scanned for jobs of dead workers.
+RECOVERY_PERIOD = 5.0
+#: Staging files older than this are left-overs of crashed writers (as in Maildir).
+STALE_TMP_AGE = 3600.0
+TMP_CLEAN_PERIOD = 600.0
+#: Longest sleep of an idle worker: bounds how late periodic work and polling run.
+IDLE_WAKE = 1.0
+
+
+@dataclass
+class Worker:
+    """Runs jobs from *spool* until stopped (or, with *burst*, until idle).
+
+    *runner* runs one attempt (default: a process group per attempt, see
+    :mod:`taskq.runner`); *view* draws a live panel on a terminal (None: plain event
+    lines on *log*).
+    """
+
+    spool: Spool
+    concurrency: int = 1
+    burst: bool = False
+    max_jobs: int | None = None
+    grace: float = 30.0
+    stop: StopState = STOP
+    log: TextIO = field(default_factory=lambda: sys.stderr)
+    view: LiveView | None = None
+    runner: Runner | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ValidationError("must be >= 1", "--concurrency")
+        if self.max_jobs is not None and (not isinstance(self.max_jobs, int) or self.max_jobs < 1):
+            raise ValidationError("must be >= 1", "--max-jobs")
+        if not self.grace >= 0:
+            raise ValidationError("must be >= 0", "--grace")
+        self.store = self.spool.store
+        self.running: dict[str, Running] = {}
+        self.started = 0
+        self._log_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.stop.wake = self.wake
+        self.watcher = Watcher()
+        self.claims = Claims(self.spool, self.watcher, self.event)
+        self._rng = random.Random()
+        self._attempts: AttemptRunner | None = None
+        self._last_recovery = 0.0
+        self._last_tmp_clean = 0.0
+        self._disk_low = False
+        self._last_draw = 0.0
+        self._stop_deadline: float | None = None
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Interrupt the main loop's wait (safe from signal handlers and threads)."""
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def event(self, message: str) -> None:
+        line = f"taskq[{os.getpid()}] {times.iso(times.now())} {message}\n"
+        with self._log_lock:
+            if self.view is not None:
+                self.view.event(line.rstrip("\n"))
+                return
+            try:
+                self.log.write(line)
+                self.log.flush()
+            except (OSError, ValueError):
+                pass
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until stopped; return the exit status (0, or 130 after a hard stop)."""
+        if self.stop.requested:
+            return 0
+        self.begin()
+        try:
+            while True:
+                now = times.now()
+                if not self.run_once(now):
+                    break
+                if self.view is not None:
+                    self._draw(now)
+                self._wait(self._timeout(now))
+        finally:
+            self.close()
+        self.event("worker stopped")
+        return 130 if self.stop.hard else 0
+
+    def begin(self) -> None:
+        """Set up: the spool, its safety, watches; clean tmp/, recover, list pending/."""
+        self.store.create()
+        self.store.check_safe()
+        config = self.spool.config
+        if self.runner is None:
+            self.runner = ProcessRunner(self.store.root, config.kill_grace)
+        self._attempts = AttemptRunner(self.spool.transitions, self.runner, self.event, self._rng)
+        become_subreaper()
+        self.watcher.add(self.store.dir("pending"), "pending")
+        for label in ("done", "failed", "running"):
+            self.watcher.add(self.store.dir(label), label, added_only=True)
+        self.event(f"worker started on {self.store.root} (concurrency {self.concurrency}"
+                   + (", burst" if self.burst else "") + ")")
+        now = times.now()
+        self._clean_tmp(now)
+        self._recover(now)
+        self.claims.relist(now)
+
+    def run_once(self, now: float) -> bool:
+        """One iteration at time *now*: reap finished attempts, bring the index up to
+        date, pass on cancel requests, do periodic work, claim and start jobs into
+        free slots. Returns False when the worker should stop (a stop was asked for
+        and nothing runs any more; ``max_jobs`` reached; a burst found nothing to do)."""
+        self._reap()
+        if self.stop.requested:
+            return self._stopping(now)
+        if self.max_jobs is not None and self.started >= self.max_jobs and not self.running:
+            return False
+        self.claims.refresh(now)
+        self._check_cancels()
+        self._periodic(now)
+        paused = self.store.is_paused()
+        if not paused and not self._disk_low:
+            self._fill(now)
+        if self.burst and not self.running:
+            return not (paused or self._disk_low or not self.claims.any_ready(now))
+        return True
+
+    def close(self) -> None:
+        if self.view is not None:
+            self.view.stop()
+        self.watcher.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _timeout(self, now: float) -> float:
+        if self.stop.requested:
+            return 0.1
+        timeout = IDLE_WAKE
+        due = self.claims.index.next_due()
+        if due is not None:
+            timeout = min(timeout, max(0.0, key_to_ts(due) - now) + 0.001)
+        if not self.watcher.available:
+            timeout = min(timeout, 0.2)
+        return timeout
+
+    def _wait(self, timeout: float) -> None:
+        fds = [self._wake_r] + ([self.watcher.fd] if self.watcher.available else [])
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    # -- claiming and starting ---------------------------------------------------------
+
+    def _fill(self, now: float) -> None:
+        while len(self.running) < self.concurrency:
+            if self.max_jobs is not None and self.started >= self.max_jobs:
+                return
+            if self.stop.requested:
+                return
+            claimed = self.claims.next(now, busy=self.running.keys())
+            if claimed is None:
+                return
+            self._start(claimed)
+
+    def _start(self, claimed: Claimed) -> None:
+        def on_spawn(pgid: int) -> None:
+            try:
+                self.spool.transitions.record_group(claimed, pgid)
+            except SpoolError as exc:  # recovery then relies on the lock alone
+                self.event(f"cannot note the process group of {claimed.job.id}: {exc}")
+
+        control = Control(on_spawn=on_spawn)
+        if self.stop.hard:
+            control.hard.set()
+        run = Running(claimed, control)
+        run.thread = threading.Thread(target=self._run_attempt, args=(run,), daemon=True,
+                                      name=f"taskq-job-{claimed.job.id}")
+        self.running[claimed.job.id] = run
+        self.started += 1
+        run.thread.start()
+
+    def _run_attempt(self, run: Running) -> None:
+        try:
+            assert self._attempts is not None  # set by begin()
+            self._attempts.run(run.claimed, run.control)
+        finally:
+            run.finished = True
+            self.wake()
+
+    def _reap(self) -> None:
+        for job_id in [j for j, r in self.running.items() if r.finished]:
+            thread = self.running.pop(job_id).thread
+            if thread is not None:
+                thread.join()
+            if not self.stop.requested:
+                self.claims.index.unblock()  # a dependency may just have been settled
+
+    def _check_cancels(self) -> None:
+        """Stop own jobs that ``taskq cancel`` asked to stop (running/ID.cancel)."""
+        for job_id, run in self.running.items():
+            if not run.control.cancel.is_set() and self.spool.jobs.cancel_requested(job_id):
+                self.event(f"cancelling {job_id}")
+                run.control.cancel.set()
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def _stopping(self, now: float) -> bool:
+        """Handle a requested stop; False once nothing of ours is running."""
+        if self._stop_deadline is None:
+            self._stop_deadline = now + self.grace
+            if self.running:
+                self.event(f"stopping: waiting up to {self.grace:g}s for {len(self.running)} running job(s)")
+        for run in self.running.values():
+            if self.stop.hard:
+                run.control.hard.set()
+                run.control.interrupt.set()
+            elif now >= self._stop_deadline and not run.control.interrupt.is_set():
+                self.event(f"grace period over: stopping {run.claimed.job.id}")
+                run.control.interrupt.set()
+        return bool(self.running)
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def _periodic(self, now: float) -> None:
+        if now - self._last_recovery >= RECOVERY_PERIOD:
+            self._recover(now)
+            self.claims.retry_later()
+        if now - self._last_tmp_clean >= TMP_CLEAN_PERIOD:
+            self._clean_tmp(now)
+        min_free = self.spool.config.min_free
+        low = bool(min_free) and self.store.free_bytes() < min_free
+        if low != self._disk_low:
+            self._disk_low = low
+            self.event("free space below min_free: claiming paused" if low
+                       else "free space recovered: claiming resumed")
+
+    def _recover(self, now: float) -> None:
+        self._last_recovery = now
+        try:
+            ids = self.spool.jobs.ids("running") + self.spool.jobs.stray_locks()
+        except TaskqError:
+            return
+        for job_id in ids:
+            if job_id in self.running:
+                continue
+            try:
+                result = self.spool.transitions.recover(job_id, times.now(), self._rng.random())
+            except (SpoolError, ValueError) as exc:
+                self.event(f"cannot recover {job_id}: {exc}")
+                continue
+            if result is None:
+                continue
+            what, decision = result
+            if what == "quarantined":
+                self.event(f"recovered {job_id}: not a valid job file, moved to failed/")
+            elif decision.state == "pending":
+                self.event(f"recovered {job_id} ({what}): back to pending, run at {times.iso(decision.run_at or now)}")
+            else:
+                self.event(f"recovered {job_id} ({what}): {decision.state}")
+
+    def _clean_tmp(self, now: float) -> None:
+        self._last_tmp_clean = now
+        for name in self.store.clean_tmp(now - STALE_TMP_AGE):
+            self.event(f"removed stale staging file tmp/{name}")
+
+    def _draw(self, now: float) -> None:
+        """Refresh the live view (at most about twice a second)."""
+        if self.view is None or now - self._last_draw < 0.5:
+            return
+        self._last_draw = now
+        rows = []
+        for job_id, run in list(self.running.items()):
+            job = run.claimed.job
+            attempt = job.current_attempt
+            started = times.parse_iso(attempt.started_at) if attempt else now
+            rows.append((job_id, job.name or "", str(attempt.number) if attempt else "-", now - started))
+        try:
+            counts = {st: len(self.store.names(st)) for st in ("pending", "running", "done", "failed")}
+        except TaskqError:
+            counts = {}
+        state = "stopping" if self.stop.requested else ("paused" if self.store.is_paused() else "working")
+        self.view.update(state, counts, rows)
