@@ -2,6 +2,13 @@
 
 Piped output is plain text (stable enough for grep, but ``--json`` is the interface
 for programs). On a terminal, rich draws tables; it honours ``NO_COLOR`` itself.
+
+Nothing a user or a job supplied (ids, names, commands, errors, worker names, paths)
+is ever handed to rich as a ``str``: rich parses strings as console markup, so a name
+like ``[/bold] x`` crashed with ``MarkupError`` and ``[red]`` restyled the table. Such
+values go in as :class:`rich.text.Text` (via :func:`_text`), which rich renders
+verbatim, without markup, emoji codes or highlighting; our own styling is given as
+``style=`` arguments, never as markup.
 """
 
 from __future__ import annotations
@@ -9,15 +16,37 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from . import times
+from .fields import shell_text
 from .job import Job
+from .policy import describe
+
+if TYPE_CHECKING:  # rich is imported at run time only on a terminal (start-up time)
+    from rich.console import Console
+    from rich.text import Text
 
 
 def _tty() -> bool:
     return sys.stdout.isatty()
+
+
+def _text(value: object, style: str = "") -> Text:
+    """*value* as literal rich text: never parsed as markup, never highlighted."""
+    from rich.text import Text
+
+    return Text("" if value is None else str(value), style=style)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that, as a second line of defence, reads no markup, emoji codes or
+    highlighting in any plain ``str`` that still reaches it."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, markup=False, emoji=False, highlight=False)
 
 
 def _local(stamp: str | None) -> str:
@@ -29,9 +58,8 @@ def _local(stamp: str | None) -> str:
 def _command(job: Job) -> str:
     import shlex
 
-    if job.command[:2] == ["/bin/sh", "-c"] and len(job.command) == 3:
-        return job.command[2]
-    return shlex.join(job.command)
+    text = shell_text(job.command)
+    return text if text is not None else shlex.join(job.command)
 
 
 # -- status ------------------------------------------------------------------------------
@@ -53,7 +81,8 @@ def status_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"oldest ready job: waiting {times.format_duration(data['oldest_ready_age'])}")
     for r in data.get("running", []):
         runtime = times.format_duration(r["runtime"]) if r.get("runtime") is not None else "?"
-        lines.append(f"  running {r['id']} {r.get('name') or ''} attempt {r.get('attempt')} for {runtime} on {r.get('worker')}")
+        lines.append(f"  running {r['id']} {r.get('name') or ''} attempt {r.get('attempt')} for {runtime}"
+                     f" on {r.get('worker')}")
     if data.get("recent_failures"):
         lines.append("latest failures:")
         for f in data["recent_failures"]:
@@ -66,29 +95,34 @@ def _status_renderable(data: dict[str, Any]) -> Any:
     from rich.table import Table
 
     c = data["counts"]
-    counts = Table(title=f"taskq spool {data['spool']}" + (" [bold red](paused)[/]" if data.get("paused") else ""),
-                   title_justify="left")
+    # The spool path is the user's: literal Text, with our "(paused)" styled by style=.
+    # A Text title does not get rich's default title style, hence "table.title".
+    title = _text(f"taskq spool {data['spool']}", "table.title")
+    if data.get("paused"):
+        title.append(" (paused)", style="bold red")  # append() takes a str literally
+    counts = Table(title=title, title_justify="left")
     for col in ("pending", "ready", "scheduled", "running", "done", "failed"):
         counts.add_column(col, justify="right")
-    counts.add_row(str(c["pending"]), str(data["ready"]), str(data["scheduled"]), str(c["running"]),
-                   f"[green]{c['done']}[/]", f"[red]{c['failed']}[/]" if c["failed"] else "0")
+    counts.add_row(_text(c["pending"]), _text(data["ready"]), _text(data["scheduled"]), _text(c["running"]),
+                   _text(c["done"], "green"), _text(c["failed"], "red" if c["failed"] else ""))
     parts: list[Any] = [counts]
     if data.get("oldest_ready_age") is not None:
-        parts.append(f"oldest ready job waiting {times.format_duration(data['oldest_ready_age'])}")
+        parts.append(_text(f"oldest ready job waiting {times.format_duration(data['oldest_ready_age'])}"))
     if data.get("running"):
         t = Table(title="running", title_justify="left")
         for col in ("id", "name", "attempt", "runtime", "worker"):
             t.add_column(col)
         for r in data["running"]:
             runtime = times.format_duration(r["runtime"]) if r.get("runtime") is not None else "?"
-            t.add_row(r["id"], r.get("name") or "", str(r.get("attempt")), runtime, r.get("worker") or "")
+            t.add_row(_text(r["id"]), _text(r.get("name")), _text(r.get("attempt")), _text(runtime),
+                      _text(r.get("worker")))
         parts.append(t)
     if data.get("recent_failures"):
         t = Table(title="latest failures", title_justify="left")
         for col in ("id", "name", "last error"):
             t.add_column(col)
         for f in data["recent_failures"]:
-            t.add_row(f["id"], f.get("name") or "", f.get("last_error") or "")
+            t.add_row(_text(f["id"]), _text(f.get("name")), _text(f.get("last_error")))
         parts.append(t)
     return Group(*parts)
 
@@ -97,9 +131,7 @@ def print_status(data: dict[str, Any]) -> None:
     if not _tty():
         sys.stdout.write("\n".join(status_lines(data)) + "\n")
         return
-    from rich.console import Console
-
-    Console().print(_status_renderable(data))
+    _console().print(_status_renderable(data))
 
 
 def watch_status(fetch: Callable[[], dict[str, Any]], interval: float, as_json: bool) -> None:
@@ -108,7 +140,7 @@ def watch_status(fetch: Callable[[], dict[str, Any]], interval: float, as_json: 
         if _tty() and not as_json:
             from rich.live import Live
 
-            with Live(_status_renderable(fetch()), auto_refresh=False) as live:
+            with Live(_status_renderable(fetch()), console=_console(), auto_refresh=False) as live:
                 while True:
                     time.sleep(interval)
                     live.update(_status_renderable(fetch()), refresh=True)
@@ -130,7 +162,7 @@ def watch_status(fetch: Callable[[], dict[str, Any]], interval: float, as_json: 
 def print_list(jobs: list[Job]) -> None:
     header = ("ID", "STATE", "PRIO", "TRIES", "CREATED", "NAME", "COMMAND")
     rows = [
-        (j.id, j.state or "", str(j.priority), str(len(j.attempts)), _local(j.created_at),
+        (j.id or j.file or "", j.state or "", str(j.priority), str(len(j.attempts)), _local(j.created_at),
          j.name or "", _command(j) if j.command else f"({j.last_error})")
         for j in jobs
     ]
@@ -139,16 +171,16 @@ def print_list(jobs: list[Job]) -> None:
         for row in rows:
             sys.stdout.write("\t".join(row) + "\n")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table()
     for col in header:
-        table.add_column(col, overflow="fold" if col == "COMMAND" else None)
+        table.add_column(col, overflow="fold" if col == "COMMAND" else "ellipsis")  # ellipsis: rich's default
     style = {"done": "green", "failed": "red", "running": "yellow"}
     for row in rows:
-        table.add_row(*row, style=style.get(row[1]))
-    Console().print(table)
+        # Every cell is job data (the name and command are whatever the user typed).
+        table.add_row(*(_text(cell) for cell in row), style=style.get(row[1]))
+    _console().print(table)
 
 
 def job_lines(job: Job) -> list[str]:
@@ -181,16 +213,7 @@ def job_lines(job: Job) -> list[str]:
     if job.last_error:
         lines.append(f"last error:   {job.last_error}")
     for a in job.attempts:
-        if a.finished_at is None:
-            outcome = "running"
-        elif a.timed_out:
-            outcome = f"timed out (signal {a.signal})"
-        elif a.error:
-            outcome = a.error
-        elif a.signal is not None:
-            outcome = f"killed by signal {a.signal}"
-        else:
-            outcome = f"exit {a.exit_code}"
+        outcome = "running" if a.outcome is None else describe(a.outcome, job.timeout)
         lines.append(f"  attempt {a.number}: {_local(a.started_at)} -> {_local(a.finished_at)} {outcome} [{a.worker}]")
     return lines
 
@@ -207,10 +230,9 @@ class LiveView:
     spool's counts and this worker's running jobs."""
 
     def __init__(self, spool: str, concurrency: int) -> None:
-        from rich.console import Console
         from rich.live import Live
 
-        self.console = Console(stderr=True)
+        self.console = _console(stderr=True)
         self.spool = spool
         self.concurrency = concurrency
         self.live = Live(console=self.console, auto_refresh=False, transient=True)
@@ -222,13 +244,16 @@ class LiveView:
     def update(self, state: str, counts: dict[str, int], rows: list[tuple[str, str, str, float]]) -> None:
         from rich.table import Table
 
-        table = Table(title=f"taskq work: {state}, {len(rows)}/{self.concurrency} running",
-                      caption=f"{self.spool}: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+        # The caption starts with the spool path and the rows hold job ids and names.
+        # Text annotations do not get rich's default title/caption styles: named here.
+        table = Table(title=_text(f"taskq work: {state}, {len(rows)}/{self.concurrency} running", "table.title"),
+                      caption=_text(f"{self.spool}: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+                                    "table.caption"),
                       title_justify="left", caption_justify="left", expand=False)
         for col in ("running job", "name", "attempt", "for"):
             table.add_column(col)
         for job_id, name, attempt, runtime in rows:
-            table.add_row(job_id, name, attempt, times.format_duration(runtime))
+            table.add_row(_text(job_id), _text(name), _text(attempt), _text(times.format_duration(runtime)))
         self.live.update(table, refresh=True)
 
     def stop(self) -> None:
