@@ -35,8 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 PREFILL = 1000
 WARMUP = 3
@@ -122,8 +122,7 @@ def find_taskq() -> str:
 
 def run_once(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE)
+    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"bench_add: {' '.join(argv)} exited {proc.returncode}:\n"
@@ -146,12 +145,11 @@ def prefill(path: str) -> None:
 
 def import_report(taskq_spool: str, env: dict[str, str]) -> tuple[list[tuple[int, int, str]], set[str]]:
     """(cumulative us, self us, module) of each import of `taskq add`, and top-level names."""
-    code = ("import sys; sys.argv=['taskq','add','--spool',%r,'--','true']; "
-            "from taskq.cli import main; main()" % taskq_spool)
+    code = (f"import sys; sys.argv=['taskq','add','--spool',{taskq_spool!r},'--','true']; "
+            "from taskq.cli import main; main()")
     argv = [sys.executable, "-X", "importtime", "-c", code]
     for _ in range(2):  # the first run may write bytecode caches
-        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"bench_add: -X importtime run exited {proc.returncode}:\n{proc.stderr}")
     rows = []
@@ -175,6 +173,7 @@ def main() -> int:
         parser.error("--runs must be at least 2")
     try:
         import typer
+
         import taskq
     except ImportError as exc:
         sys.exit(f"bench_add: {exc}: run with the interpreter taskq and typer are installed in")
