@@ -1,4 +1,5 @@
-"""The spool on disk (README: "The spool on disk", "Drop-in protocol", "Reliability"), through the Python API on real temp dirs:
+"""The spool on disk (README: "The spool on disk", "Drop-in protocol", "Reliability"),
+through the Python API on real temp dirs:
 layout and modes, publication through tmp/, reads, status counts, atomicity under
 concurrent readers, unique keys under real concurrency, batches, dependencies, the
 free-space guard and the drop-in protocol."""

@@ -18,6 +18,7 @@ from .errors import TaskqError, ValidationError
 
 if TYPE_CHECKING:
     from .api import Spool
+    from .job import Job
 
 app = typer.Typer(
     add_completion=False,
@@ -125,22 +126,44 @@ def add(
 
     api = _spool(ctx, spool)
     if batch is not None:
-        if command:
-            raise ValidationError("--batch takes no COMMAND")
         given = [name, payload, payload_file, env, cwd, priority, delay, at, max_attempts, backoff,
                  backoff_max, timeout, unique_key, permanent_exit, after]
+        if command:
+            raise ValidationError("--batch takes no COMMAND")
         if shell or any(value is not None for value in given):
             raise ValidationError("--batch takes no other job options: give the fields in each line")
         numbered = _read_batch(batch)
-        jobs = api.add_batch([r for _, r in numbered], line_numbers=[n for n, _ in numbered])
-        for job in jobs:
-            if as_json:
-                _print_json({**job.to_dict(), "duplicate": job.duplicate})
-            else:
-                sys.stdout.write(job.id + "\n")
+        _print_added(api.add_batch([r for _, r in numbered], line_numbers=[n for n, _ in numbered]), as_json)
         return
     if payload is not None and payload_file is not None:
         raise ValidationError("give either --payload or --payload-file, not both")
+
+    def duration(text: Optional[str], option: str) -> Optional[float]:
+        return times.parse_duration(text, option) if text is not None else None
+
+    job = api.add(
+        _argv(command, shell, name),
+        name=name,
+        payload=_parse_payload(payload, payload_file),
+        env=_parse_env(env or []),
+        cwd=cwd,
+        priority=priority,
+        delay=duration(delay, "--delay"),
+        run_at=times.parse_datetime(at) if at is not None else None,
+        max_attempts=max_attempts,
+        backoff=duration(backoff, "--backoff"),
+        backoff_max=duration(backoff_max, "--backoff-max"),
+        timeout=duration(timeout, "--timeout"),
+        unique_key=unique_key,
+        permanent_exit_codes=permanent_exit or None,
+        after=after or None,
+    )
+    _print_added([job], as_json)
+
+
+def _argv(command: Optional[list[str]], shell: bool, name: Optional[str]) -> Optional[list[str]]:
+    """The job's argv from COMMAND (one shell string with --shell); None to take the
+    task type's command."""
     argv = list(command or [])
     if shell:
         if not argv:
@@ -152,27 +175,16 @@ def add(
         raise ValidationError("missing COMMAND (or --name of a task type in taskq.toml)", "COMMAND")
     if argv and argv[0] == "":
         raise ValidationError("empty command", "COMMAND")
-    job = api.add(
-        argv or None,
-        name=name,
-        payload=_parse_payload(payload, payload_file),
-        env=_parse_env(env or []),
-        cwd=cwd,
-        priority=priority,
-        delay=times.parse_duration(delay, "--delay") if delay is not None else None,
-        run_at=times.parse_datetime(at) if at is not None else None,
-        max_attempts=max_attempts,
-        backoff=times.parse_duration(backoff, "--backoff") if backoff is not None else None,
-        backoff_max=times.parse_duration(backoff_max, "--backoff-max") if backoff_max is not None else None,
-        timeout=times.parse_duration(timeout, "--timeout") if timeout is not None else None,
-        unique_key=unique_key,
-        permanent_exit_codes=permanent_exit or None,
-        after=after or None,
-    )
-    if as_json:
-        _print_json({**job.to_dict(), "duplicate": job.duplicate})
-    else:
-        sys.stdout.write(job.id + "\n")
+    return argv or None
+
+
+def _print_added(jobs: list[Job], as_json: bool) -> None:
+    """One line per job: its id, or its record with ``duplicate`` (``--json``)."""
+    for job in jobs:
+        if as_json:
+            _print_json({**job.to_dict(), "duplicate": job.duplicate})
+        else:
+            sys.stdout.write(job.id + "\n")
 
 
 def _parse_payload(text: Optional[str], path: Optional[str]) -> Any:
@@ -347,6 +359,8 @@ def logs(
     """The job's output (every attempt, each under a header line)."""
     import time
 
+    from .spool.layout import SETTLED
+
     api = _spool(ctx, spool)
     pos = 0
     while True:
@@ -356,7 +370,7 @@ def logs(
         sys.stdout.buffer.flush()
         if not follow:
             return
-        if api.get(job_id).state in ("done", "failed"):
+        if api.get(job_id).state in SETTLED:
             follow = False  # one last read: output written just before settling
             continue
         time.sleep(0.2)

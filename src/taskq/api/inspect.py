@@ -87,7 +87,7 @@ def _preview(spool: Spool, state: str, name: str, data: Any, why: str) -> Job:
     job.id = job_id
     job.state = state
     if not job_id:
-        job.file = f"pending/{name}"
+        job.file = layout.place("pending", name)
     return job
 
 

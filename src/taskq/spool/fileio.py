@@ -73,6 +73,10 @@ class FileIO:
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
 
+    def append(self, fd: int, data: bytes) -> None:
+        """Append *data* to an open log (one write: O_APPEND keeps lines whole)."""
+        os.write(fd, data)
+
     def open_append(self, path: str, mode: int) -> int:
         """Open a log file for appending (created if missing)."""
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)

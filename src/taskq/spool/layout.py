@@ -28,7 +28,6 @@ a worker gives it an id and its proper name.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -90,6 +89,8 @@ def log_file(job_id: str) -> str:
 
 def key_file(key: str) -> str:
     """``keys/<sha256>``: any key becomes a safe, fixed-length file name."""
+    import hashlib  # noqa: PLC0415 - only adds with a unique key pay for it
+
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -173,6 +174,11 @@ def valid_run_key(key: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def place(state: str, name: str) -> str:
+    """A file's place in the spool as people read it: ``pending/NAME.json``."""
+    return f"{state}/{name}"
 
 
 def is_listed(name: str, suffix: str = JSON) -> bool:

@@ -354,6 +354,13 @@ class Store:
         except OSError as exc:
             raise io_error("open log", path, exc) from None
 
+    def log_line(self, fd: int, job_id: str, text: str) -> None:
+        """Append one line of taskq's own to an open log (a header, an outcome)."""
+        try:
+            self.io.append(fd, text.encode() + b"\n")
+        except OSError as exc:
+            raise io_error("write", self.log_path(job_id), exc) from None
+
     def remove_log(self, job_id: str) -> None:
         self.remove(layout.LOGS, layout.log_file(job_id))
 

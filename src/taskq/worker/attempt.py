@@ -82,16 +82,23 @@ class AttemptRunner:
     def _execute(self, claimed: Claimed, attempt: Attempt, control: Control) -> Outcome:
         """Run the attempt with its output appended to the job's log, under a header."""
         job = claimed.job
+        store = self.transitions.store
         try:
-            log_fd = self.transitions.store.open_log(job.id)
+            log_fd = store.open_log(job.id)
         except SpoolError as exc:
             return Outcome(error=f"cannot open log: {exc}")
         try:
-            header = f"=== taskq: attempt {attempt.number} started {attempt.started_at} on {attempt.worker} ===\n"
-            os.write(log_fd, header.encode())
+            try:
+                store.log_line(log_fd, job.id, f"=== taskq: attempt {attempt.number} started "
+                                               f"{attempt.started_at} on {attempt.worker} ===")
+            except SpoolError as exc:  # nothing ran: a failed attempt, like a log that cannot open
+                return Outcome(error=f"cannot write log: {exc}")
             outcome = self.runner(job, attempt.number, log_fd, claimed.lock.fd, control)
             if outcome.error:
-                os.write(log_fd, f"=== taskq: {outcome.error} ===\n".encode())
+                try:
+                    store.log_line(log_fd, job.id, f"=== taskq: {outcome.error} ===")
+                except SpoolError:
+                    pass  # the outcome is in the job's record all the same
             return outcome
         finally:
             os.close(log_fd)

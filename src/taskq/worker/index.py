@@ -6,7 +6,7 @@ from __future__ import annotations
 import heapq
 from datetime import datetime, timezone
 
-from ..spool.layout import PendingName, parse_pending_name
+from ..spool.layout import PendingName, is_listed, parse_pending_name
 
 
 class PendingIndex:
@@ -34,7 +34,7 @@ class PendingIndex:
             self.add(name, now_key)
 
     def add(self, name: str, now_key: str) -> None:
-        if name.startswith(".") or not name.endswith(".json") or name in self.present:
+        if not is_listed(name) or name in self.present:
             return
         entry = parse_pending_name(name)
         if entry is None:

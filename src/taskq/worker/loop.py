@@ -26,6 +26,7 @@ from .. import times
 from ..api import Spool
 from ..errors import SpoolError, TaskqError, ValidationError
 from ..runner import Control, ProcessRunner, Runner, become_subreaper
+from ..spool.layout import STATES
 from ..stopping import STOP, StopState
 from ..transitions import Claimed
 from ..watch import Watcher
@@ -324,7 +325,7 @@ class Worker:
             started = times.parse_iso(attempt.started_at) if attempt else now
             rows.append((job_id, job.name or "", str(attempt.number) if attempt else "-", now - started))
         try:
-            counts = {st: len(self.store.names(st)) for st in ("pending", "running", "done", "failed")}
+            counts = {st: len(self.store.names(st)) for st in STATES}
         except TaskqError:
             counts = {}
         state = "stopping" if self.stop.requested else ("paused" if self.store.is_paused() else "working")
