@@ -224,7 +224,7 @@ class Transitions:
         if self.jobs.is_drop_in("running", owned.name):
             # normalise() stopped (crash, I/O error) between moving a drop-in file here
             # and writing its complete record: it goes back as the drop-in it was.
-            self.store.move("running", owned.name, "pending", owned.name)
+            self.jobs.put_back(owned)
             self._changed(Change("recover", owned.id, "running", "pending"))
             return "returned", Decision("pending", run_at=now)
         self.quarantine(owned, why)

@@ -175,6 +175,12 @@ class JobStore:
             self.store.move(owned.state, owned.name, "running", name)
             owned.state, owned.name = "running", name
 
+    def put_back(self, owned: Owned) -> None:
+        """Return an owned file, unchanged, to pending/ under the name it has (a drop-in
+        file whose intake was cut short)."""
+        self.store.move(owned.state, owned.name, "pending", owned.name)
+        owned.state = "pending"
+
     def save(self, owned: Owned, job: Job) -> None:
         """Write *job* over the owned job's file where it is (stage, rename, fsync)."""
         self.store.write(owned.state, owned.name, job.to_bytes())
