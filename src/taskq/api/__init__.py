@@ -1,6 +1,7 @@
 """The Python API: :class:`Spool`. The CLI is a thin layer over it.
 
-Example::
+The parts are imported when first used, so that ``taskq add`` loads only what it
+needs. Example::
 
     import taskq
     job = taskq.Spool("/var/spool/myapp").add(["convert", "in.png", "out.jpg"], payload={"user": 7})
@@ -23,7 +24,7 @@ from ..job import Job
 from ..spool.jobs import JobStore
 from ..spool.store import Store
 from ..transitions import Transitions
-from . import enqueue, inspect, manage
+from . import enqueue
 
 
 class Spool:
@@ -112,10 +113,14 @@ class Spool:
     def pause(self) -> bool:
         """Stop workers from claiming (running jobs go on). Idempotent; returns whether
         the spool was paused already. Raises NoSpoolError if there is no spool."""
+        from . import manage  # noqa: PLC0415 - `taskq add` does not need it
+
         return manage.set_paused(self, True)
 
     def resume(self) -> bool:
         """Let workers claim again. Idempotent; returns whether the spool was paused."""
+        from . import manage  # noqa: PLC0415
+
         return manage.set_paused(self, False)
 
     def retry(self, job_ids: Sequence[str]) -> builtins.list[Job]:
@@ -125,6 +130,8 @@ class Spool:
         Raises JobNotFoundError, StateConflictError (not in failed/, not a valid job
         file, or its unique key is now held by another live job: the message names it).
         """
+        from . import manage  # noqa: PLC0415
+
         return manage.retry(self, job_ids)
 
     def failed_ids(self) -> builtins.list[str]:
@@ -140,29 +147,39 @@ class Spool:
 
         Raises JobNotFoundError, StateConflictError (already done or failed).
         """
+        from . import manage  # noqa: PLC0415
+
         return manage.cancel(self, job_ids, wait)
 
     def purge(self, state: str, older_than: float | None = None, now: float | None = None) -> builtins.list[str]:
         """Delete finished jobs (``done`` or ``failed``) and their logs; with
         *older_than*, only those settled more than that many seconds ago. Returns
         the ids deleted."""
+        from . import manage  # noqa: PLC0415
+
         return manage.purge(self, state, older_than, now)
 
     # -- inspect -----------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
         """The job *job_id* in whatever state it is. Raises JobNotFoundError."""
+        from . import inspect  # noqa: PLC0415 - `taskq add` needs it only for unique keys
+
         return inspect.get(self, job_id)
 
     def list(self, state: str | None = None, limit: int | None = 50) -> builtins.list[Job]:
         """Jobs, newest first by ``created_at``; one *state* or all; at most *limit*.
         Drop-in files not yet taken in are listed as pending (one without an ``id``
         shows ``id`` None and its ``file``)."""
+        from . import inspect  # noqa: PLC0415 - `taskq add` needs it only for unique keys
+
         return inspect.list_jobs(self, state, limit)
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         """The spool at a glance, from directory listings (job files are opened only
         for running jobs, recent failures, and pending jobs with dependencies)."""
+        from . import inspect  # noqa: PLC0415 - `taskq add` needs it only for unique keys
+
         return inspect.status(self, now)
 
     def explain(self, job_id: str, now: float | None = None) -> dict[str, Any]:
