@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from .job import CANCELLED, INTERRUPTED, Job, Outcome
 
 POLL = 0.1
+TIMEOUT = "timeout"
 
 
 @dataclass
@@ -88,13 +89,12 @@ def run_attempt(
     """Run the job's command once; block until it and its process group are gone."""
     if not os.path.isdir(job.cwd):
         return Outcome(error=f"cannot start: working directory {job.cwd} not found")
-    env = job_environment(job, attempt, spool_path)
     has_payload = job.payload is not None
     try:
         proc = subprocess.Popen(
             job.command,
             cwd=job.cwd,
-            env=env,
+            env=job_environment(job, attempt, spool_path),
             stdin=subprocess.PIPE if has_payload else subprocess.DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
@@ -112,36 +112,39 @@ def run_attempt(
         control.on_spawn(proc.pid)
     if has_payload:
         _feed(proc, job.payload)
-    deadline = time.monotonic() + job.timeout if job.timeout else None
-    stop_reason: str | None = None
-    timed_out = False
-    while True:
-        try:
-            proc.wait(timeout=POLL)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        if stop_reason is None:
-            if control.cancel.is_set():
-                stop_reason = CANCELLED
-            elif control.interrupt.is_set():
-                stop_reason = INTERRUPTED
-            elif deadline is not None and time.monotonic() >= deadline:
-                timed_out = True
-                stop_reason = "timeout"
-            if stop_reason is not None:
-                _stop_group(proc, kill_grace, control)
-                break
+    stop_reason = _supervise(proc, job.timeout, kill_grace, control)
     code = proc.wait()
     # The main process is gone; stop what it left behind in its group.
     _stop_group(proc, kill_grace, control)
     sig = -code if code < 0 else None
     exit_code = code if code >= 0 else None
-    if timed_out:
+    if stop_reason == TIMEOUT:
         return Outcome(exit_code=None, signal=sig or signal.SIGKILL, timed_out=True)
     if stop_reason in (CANCELLED, INTERRUPTED):
         return Outcome(exit_code=exit_code, signal=sig, error=stop_reason)
     return Outcome(exit_code=exit_code, signal=sig)
+
+
+def _supervise(proc: subprocess.Popen[Any], timeout: float | None, kill_grace: float, control: Control) -> str | None:
+    """Wait for the main process; stop the group on a cancel, an interrupt or the time
+    limit. Returns why it was stopped (None: it ended by itself)."""
+    deadline = time.monotonic() + timeout if timeout else None
+    while True:
+        try:
+            proc.wait(timeout=POLL)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        reason = None
+        if control.cancel.is_set():
+            reason = CANCELLED
+        elif control.interrupt.is_set():
+            reason = INTERRUPTED
+        elif deadline is not None and time.monotonic() >= deadline:
+            reason = TIMEOUT
+        if reason is not None:
+            _stop_group(proc, kill_grace, control)
+            return reason
 
 
 def _feed(proc: subprocess.Popen[Any], payload: Any) -> None:
