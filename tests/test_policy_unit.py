@@ -428,3 +428,45 @@ def test_index_has_ready():
     assert not idx.has_ready()
     idx.add(pname("R"), key(NOW))
     assert idx.has_ready()
+
+
+# -- the dependency verdict (one rule for workers, status and explain) ----------------------
+
+
+def verdict_of(after, states, settled=None, retried_at=None):
+    from taskq.policy import dependency_verdict
+
+    return dependency_verdict(after, retried_at, states.get, (settled or {}).get)
+
+
+def test_verdict_ready_when_every_dependency_is_done():
+    assert verdict_of(["a", "b"], {"a": "done", "b": "done"}).kind == "ready"
+    assert verdict_of([], {}).kind == "ready"
+
+
+def test_verdict_waits_for_the_first_unsettled_dependency():
+    v = verdict_of(["a", "b"], {"a": "done", "b": "running"})
+    assert (v.kind, v.dep, v.dep_state) == ("waiting", "b", "running")
+
+
+def test_verdict_fails_on_a_failed_or_missing_dependency():
+    assert (verdict_of(["a"], {"a": "failed"}).kind, verdict_of(["a"], {}).kind) == ("failed", "failed")
+    assert verdict_of(["a"], {}).dep_state is None
+
+
+def test_verdict_of_a_retried_job_waits_for_a_dependency_that_failed_before_the_retry():
+    states = {"a": "failed"}
+    assert verdict_of(["a"], states, settled={"a": NOW - 10}, retried_at=NOW).kind == "waiting"
+    # failed again after the retry: the job fails too
+    assert verdict_of(["a"], states, settled={"a": NOW + 10}, retried_at=NOW).kind == "failed"
+    # settle time unknown: it cannot be shown to predate the retry
+    assert verdict_of(["a"], states, retried_at=NOW).kind == "failed"
+
+
+def test_describe_says_how_an_attempt_ended():
+    from taskq.policy import describe
+
+    assert describe(Outcome(exit_code=3)) == "exit status 3"
+    assert describe(Outcome(signal=9)) == "killed by signal 9"
+    assert describe(Outcome(signal=15, timed_out=True), timeout=5) == "timed out after 5s (signal 15)"
+    assert describe(Outcome(error=CANCELLED)) == CANCELLED
