@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -90,18 +91,9 @@ def run_attempt(
     if not os.path.isdir(job.cwd):
         return Outcome(error=f"cannot start: working directory {job.cwd} not found")
     has_payload = job.payload is not None
+    env = job_environment(job, attempt, spool_path)
     try:
-        proc = subprocess.Popen(
-            job.command,
-            cwd=job.cwd,
-            env=job_environment(job, attempt, spool_path),
-            stdin=subprocess.PIPE if has_payload else subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=log_fd,
-            start_new_session=True,
-            pass_fds=(lock_fd,),
-            close_fds=True,
-        )
+        proc = _spawn(job, env, log_fd, lock_fd, has_payload)
     except FileNotFoundError:
         return Outcome(error=f"cannot start: command not found: {job.command[0]}")
     except PermissionError:
@@ -123,6 +115,52 @@ def run_attempt(
     if stop_reason in (CANCELLED, INTERRUPTED):
         return Outcome(exit_code=exit_code, signal=sig, error=stop_reason)
     return Outcome(exit_code=exit_code, signal=sig)
+
+
+def _spawn(job: Job, env: dict[str, str], log_fd: int, lock_fd: int, has_payload: bool) -> subprocess.Popen[Any]:
+    """Start the command in a new session, its output in the log, the run lock's
+    descriptor inherited. The program's path is looked up once per name and PATH
+    (:func:`_resolve`), not at every start: exec'ing each directory of PATH in turn
+    until one works costs a failed execve per directory, for every job."""
+    executable = _resolve(job.command[0], env.get("PATH", os.defpath))
+    for cached in (True, False):
+        try:
+            return subprocess.Popen(
+                job.command,
+                executable=executable if cached else None,
+                cwd=job.cwd,
+                env=env,
+                stdin=subprocess.PIPE if has_payload else subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                start_new_session=True,
+                pass_fds=(lock_fd,),
+                close_fds=True,
+            )
+        except (FileNotFoundError, PermissionError):
+            if executable is None or not cached:
+                raise
+            _PATHS.pop((job.command[0], env.get("PATH", os.defpath)), None)  # moved: look again
+    raise AssertionError("unreachable")
+
+
+#: Where each program name was found, by (name, PATH).
+_PATHS: dict[tuple[str, str], str] = {}
+
+
+def _resolve(name: str, path: str) -> str | None:
+    """The absolute path of *name* on *path*, remembered; None where the system's own
+    search must be used (a name with a slash, a PATH with relative entries, which
+    depend on the job's cwd, or a name not found: it may be installed later)."""
+    if "/" in name or any(not entry.startswith("/") for entry in path.split(os.pathsep)):
+        return None
+    found = _PATHS.get((name, path))
+    if found is None:
+        found = shutil.which(name, path=path)
+        if found is None:
+            return None
+        _PATHS[(name, path)] = found
+    return found
 
 
 def _supervise(proc: subprocess.Popen[Any], timeout: float | None, kill_grace: float, control: Control) -> str | None:

@@ -42,6 +42,9 @@ RECOVERY_PERIOD = 5.0
 #: Staging files older than this are left-overs of crashed writers (as in Maildir).
 STALE_TMP_AGE = 3600.0
 TMP_CLEAN_PERIOD = 600.0
+#: How often free space is checked against ``min_free`` (a statfs per loop would cost
+#: a system call per job for a value that changes slowly).
+SPACE_CHECK_PERIOD = 1.0
 #: Longest sleep of an idle worker: bounds how late periodic work and polling run.
 IDLE_WAKE = 1.0
 
@@ -85,6 +88,7 @@ class Worker:
         self._last_recovery = 0.0
         self._last_tmp_clean = 0.0
         self._disk_low = False
+        self._last_space_check = -SPACE_CHECK_PERIOD
         self._last_draw = 0.0
         self._stop_deadline: float | None = None
 
@@ -277,6 +281,9 @@ class Worker:
             self.claims.retry_later()
         if now - self._last_tmp_clean >= TMP_CLEAN_PERIOD:
             self._clean_tmp(now)
+        if now - self._last_space_check < SPACE_CHECK_PERIOD:
+            return
+        self._last_space_check = now
         min_free = self.spool.config.min_free
         low = bool(min_free) and self.store.free_bytes() < min_free
         if low != self._disk_low:
