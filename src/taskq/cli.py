@@ -119,12 +119,21 @@ def add(
         None, "--batch", metavar="FILE",
         help="Enqueue JSON Lines from FILE (- = stdin), all or nothing.",
     ),
+    each: Optional[str] = typer.Option(
+        None, "--each", metavar="FILE",
+        help="One job per line of FILE (- = stdin), {} in COMMAND replaced by the line; all or nothing.",
+    ),
+    nul: bool = typer.Option(False, "-0", "--null", help="--each: lines are separated by NUL, not newline."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Enqueue a job; print its id."""
     from . import times
 
     api = _spool(ctx, spool)
+    if nul and each is None:
+        raise ValidationError("-0 goes with --each")
+    if each is not None and batch is not None:
+        raise ValidationError("give either --each or --batch, not both")
     if batch is not None:
         given = [name, payload, payload_file, env, cwd, priority, delay, at, max_attempts, backoff,
                  backoff_max, timeout, unique_key, permanent_exit, after]
@@ -137,12 +146,14 @@ def add(
         return
     if payload is not None and payload_file is not None:
         raise ValidationError("give either --payload or --payload-file, not both")
+    if each == "-" and payload_file == "-":
+        raise ValidationError("--each - and --payload-file - cannot both read stdin")
 
     def duration(text: Optional[str], option: str) -> Optional[float]:
         return times.parse_duration(text, option) if text is not None else None
 
-    job = api.add(
-        _argv(command, shell, name),
+    # The keyword arguments of Spool.add, which are also the names of the job fields.
+    options: dict[str, Any] = dict(
         name=name,
         payload=_parse_payload(payload, payload_file),
         env=_parse_env(env or []),
@@ -158,7 +169,59 @@ def add(
         permanent_exit_codes=permanent_exit or None,
         after=after or None,
     )
+    if each is not None:
+        _add_each(api, each, nul, command, shell, options, as_json)
+        return
+    job = api.add(_argv(command, shell, name), **options)
     _print_added([job], as_json)
+
+
+def _add_each(api: Spool, path: str, nul: bool, command: Optional[list[str]], shell: bool,
+              options: dict[str, Any], as_json: bool) -> None:
+    """``add --each``: one job per line of *path*, all enqueued by one ``add_batch``.
+
+    Everything that does not depend on the line (options, cwd, the command template) is
+    worked out once here; per line, :class:`taskq.fanout.Fanout` only fills in ``{}``.
+    """
+    from . import times
+    from .fanout import Fanout, split_lines
+    from .fields import shell_text
+
+    # None = not given; so is an empty env (a payload of {} is a payload).
+    fields = {k: v for k, v in options.items() if v is not None and not (k == "env" and not v)}
+    if "delay" in fields and "run_at" in fields:
+        raise ValidationError("give either a delay (--delay) or a run_at time (--at), not both")
+    if "cwd" in fields:
+        # What Spool.add does with cwd; add_batch only takes absolute paths.
+        cwd = os.path.abspath(fields["cwd"])
+        if not os.path.isdir(cwd):
+            raise ValidationError(f"no such directory: {fields['cwd']}", "cwd")
+        fields["cwd"] = cwd
+    if "run_at" in fields:
+        try:
+            fields["run_at"] = times.iso(fields["run_at"])
+        except (ValueError, OverflowError, OSError):
+            raise ValidationError("is out of range", "run_at") from None
+    words = list(command or [])
+    if shell and not words:
+        raise ValidationError("--shell needs a COMMAND string", "COMMAND")
+    if not words:
+        # A task type's command is the template: the line has to go somewhere.
+        task = api.config.tasks.get(fields["name"]) if "name" in fields else None
+        words = list(task.get("command") or []) if task else []
+        if not words:
+            raise ValidationError("--each: missing COMMAND (or --name of a task type with a command in taskq.toml)")
+        script = shell_text(words)
+        if script is not None:  # a command given as a string: the line is quoted like --shell's
+            words, shell = [script], True
+    elif not shell and words[0] == "":
+        raise ValidationError("empty command", "COMMAND")
+    fanout = Fanout(fields, words, shell)
+    fanout.check()
+    numbers, lines = split_lines(_read_input(path, "--each"), nul)
+    if not lines:
+        raise ValidationError("--each: no lines given")
+    _print_added(api.add_batch(fanout.records(lines), line_numbers=numbers), as_json)
 
 
 def _argv(command: Optional[list[str]], shell: bool, name: Optional[str]) -> Optional[list[str]]:
