@@ -190,8 +190,7 @@ def _pending(spool: Spool, names: dict[str, list[str]], now: float) -> dict[str,
     ready = scheduled = waiting = 0
     oldest_id: str | None = None
     facts: _Facts | None = None
-    for name in names["pending"]:
-        parsed = layout.parse_pending_name(name)
+    for name, parsed in zip(names["pending"], layout.parse_pending_names(names["pending"]), strict=True):
         if parsed is None:  # a drop-in file not yet taken in: ready at once
             ready += 1
             continue

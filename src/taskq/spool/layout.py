@@ -28,9 +28,11 @@ a worker gives it an id and its proper name.
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
+import re
 from datetime import datetime
+from typing import NamedTuple
 
 #: The state directories: a job's state is the one its file is in.
 STATES = ("pending", "running", "done", "failed")
@@ -116,9 +118,9 @@ def id_in(state: str, name: str) -> str | None:
 # -- pending names -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PendingName:
-    """What a pending/ file name says about its job."""
+class PendingName(NamedTuple):
+    """What a pending/ file name says about its job (a tuple: made for every name of
+    every listing, so it must be cheap)."""
 
     name: str
     prio_key: str
@@ -137,20 +139,35 @@ def pending_name(job_id: str, priority: int, run_key: str, has_deps: bool) -> st
     return f"{PRIO_MAX - priority:010d}.{run_key}.{job_id}{deps}{JSON}"
 
 
+#: PRIO (10 digits) . RUNAT . ID [.after] .json; ASCII only (`\d` would take any
+#: Unicode digit). One match per name: listings of tens of thousands of jobs parse
+#: every name.
+_PENDING_RE = re.compile(r"([0-9]{10})\.([0-9]{8}T[0-9]{9}Z)\.([A-Za-z0-9_-]+)(\.after)?\.json")
+
+
 def parse_pending_name(name: str) -> PendingName | None:
     """Decode a pending/ name made by :func:`pending_name`; None for any other name."""
-    parts = name.split(".")
-    if len(parts) not in (4, 5) or parts[-1] != "json":
+    m = _PENDING_RE.fullmatch(name)
+    if m is None:
         return None
-    prio, run_key, job_id = parts[0], parts[1], parts[2]
-    has_deps = len(parts) == 5
-    if has_deps and parts[3] != "after":
+    prio, run_key, job_id, deps = m.groups()
+    if not _valid_time(run_key[:15]):
         return None
-    if len(prio) != 10 or not prio.isascii() or not prio.isdigit() or not valid_run_key(run_key):
-        return None
-    if not job_id or not all(c.isalnum() or c in "_-" for c in job_id) or not job_id.isascii():
-        return None
-    return PendingName(name, prio, run_key, job_id, has_deps)
+    return PendingName(name, prio, run_key, job_id, deps is not None)
+
+
+def parse_pending_names(names: list[str]) -> list[PendingName | None]:
+    """:func:`parse_pending_name` of many names at once (a listing's worth)."""
+    match, valid = _PENDING_RE.fullmatch, _valid_time
+    out: list[PendingName | None] = []
+    for name in names:
+        m = match(name)
+        if m is None:
+            out.append(None)
+            continue
+        prio, run_key, job_id, deps = m.groups()
+        out.append(PendingName(name, prio, run_key, job_id, deps is not None) if valid(run_key[:15]) else None)
+    return out
 
 
 def matches_id(name: str, job_id: str) -> bool:
@@ -166,11 +183,18 @@ def valid_run_key(key: str) -> bool:
     :func:`taskq.times.name_key` makes it (a worker turns it back into a time)."""
     if len(key) != 19 or key[8] != "T" or key[18] != "Z" or not key.isascii():
         return False
-    digits = key[:8] + key[9:18]
-    if not digits.isdigit():
+    if not (key[:8] + key[9:18]).isdigit():
         return False
+    return _valid_time(key[:15])
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_time(stamp: str) -> bool:
+    """Whether ``YYYYMMDDTHHMMSS`` (digits checked already) is a real date and time.
+    Remembered: jobs made in the same second share it."""
     try:
-        datetime(int(key[:4]), int(key[4:6]), int(key[6:8]), int(key[9:11]), int(key[11:13]), int(key[13:15]))
+        datetime(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]),
+                 int(stamp[13:15]))
     except ValueError:
         return False
     return True
