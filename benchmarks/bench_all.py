@@ -63,7 +63,8 @@ class BenchError(Exception):
 @dataclass(frozen=True)
 class Sizes:
     """How much work each row does: the defaults aim at < 10 minutes on 2 cores,
-    --quick at about a minute (enough to see that every row runs)."""
+    --quick at about a minute (enough to see that every row runs). Short sides get
+    more repetitions (E: 7): one burst of load elsewhere moves a 0.5 s run a lot."""
 
     p1_runs: int
     p1_warmup: int
@@ -88,7 +89,7 @@ class Sizes:
 
 FULL = Sizes(p1_runs=40, p1_warmup=3, p2_jobs=2000, p2_reps=5, p3_jobs=1000, p3_reps=3,
              p4_deep=20_000, p4_shallow=1000, p4_run=500, p4_reps=3, p5_jobs=25_000, p5_reps=15,
-             p6_samples=20, p6_idle=5.0, p7_small=1000, p7_big=10_000, p7_depth=200, e_jobs=1000, e_reps=3)
+             p6_samples=20, p6_idle=5.0, p7_small=1000, p7_big=10_000, p7_depth=200, e_jobs=1000, e_reps=7)
 QUICK = Sizes(p1_runs=10, p1_warmup=2, p2_jobs=500, p2_reps=3, p3_jobs=200, p3_reps=1,
               p4_deep=5000, p4_shallow=500, p4_run=200, p4_reps=1, p5_jobs=5000, p5_reps=5,
               p6_samples=8, p6_idle=2.0, p7_small=200, p7_big=2000, p7_depth=100, e_jobs=200, e_reps=1)
@@ -117,6 +118,22 @@ class Row:
 
 def med(xs: Sequence[float]) -> float:
     return statistics.median(xs)
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median of a[i] / b[i]: sample i of each side comes from the same repetition,
+    run back to back, so a burst of load elsewhere moves both and cancels out (a ratio
+    of the two medians can pair a calm sample with a loaded one)."""
+    if len(a) != len(b) or not a:
+        raise BenchError(f"unpaired samples ({len(a)} vs {len(b)})")
+    return med([x / y for x, y in zip(a, b, strict=True)])
+
+
+def paired_diff(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median of a[i] - b[i], for the same reason as :func:`paired_ratio`."""
+    if len(a) != len(b) or not a:
+        raise BenchError(f"unpaired samples ({len(a)} vs {len(b)})")
+    return med([x - y for x, y in zip(a, b, strict=True)])
 
 
 def rotated(items: Sequence[T], rep: int) -> list[T]:
@@ -491,7 +508,7 @@ class Bench:
         for name in ("typer", "argparse", "python", "tsp", "nq"):
             if name not in m:
                 continue
-            ratio = taskq_ms / m[name]
+            ratio = paired_ratio(samples["taskq"], samples[name])
             target = "≤ 1.1×" if name == "typer" else "—"
             self.rows.append(Row("P1", what, fmt_ms(taskq_ms), f"{labels[name]}: {fmt_ms(m[name])}", ratio,
                                  target, verdict(ratio, 1.1, False) if name == "typer" else "",
@@ -542,7 +559,7 @@ class Bench:
             for side in rotated([api_side, floor_side], rep):
                 side()
         t, f = med(rates["taskq"]), med(rates["floor"])
-        ratio = t / f
+        ratio = paired_ratio(rates["taskq"], rates["floor"])
         self.rows.append(Row("P2", f"`Spool(path).add([\"true\"])` loop, {n:,} jobs (jobs/s, median of {s.p2_reps})",
                              fmt_rate(t), f"raw durable floor (tmp/ + fsync + rename + dir fsync): {fmt_rate(f)}",
                              ratio, "≥ 1.0×", verdict(ratio, 1.0, True), {"rates": rates}))
@@ -717,7 +734,7 @@ class Bench:
                 f"median of {s.p3_reps})")
         if self.tsp:
             peer = med(res["tsp"])
-            r = t / peer
+            r = paired_ratio(res["taskq"], res["tsp"])
             self.rows.append(Row("P3", what, fmt_rate(t), f"task-spooler `tsp -S {c}`: {fmt_rate(peer)}",
                                  r, "> 1.0× (ahead of tsp)", "met" if r > 1.0 else "MISS", numbers))
         else:  # the target row stays in the table, so that a missing peer is seen
@@ -726,9 +743,9 @@ class Bench:
         what = "〃"
         raw, durable = med(res["raw"]), med(res["durable"])
         self.rows.append(Row("P3", what, fmt_rate(t), f"subprocess loop, {c} at a time: {fmt_rate(raw)}",
-                             t / raw, numbers=numbers))
+                             paired_ratio(res["taskq"], res["raw"]), numbers=numbers))
         self.rows.append(Row("P3", "〃", fmt_rate(t), f"durable floor (loop + renames + record fsync), {c} at a time: "
-                             f"{fmt_rate(durable)}", t / durable, numbers=numbers))
+                             f"{fmt_rate(durable)}", paired_ratio(res["taskq"], res["durable"]), numbers=numbers))
         self.rows.append(Row("P3", f"〃 whole `taskq work -c {c}` process, incl. start-up and exit (jobs/s)",
                              fmt_rate(med(res["taskq_wall"])), numbers=numbers))
 
@@ -762,7 +779,7 @@ class Bench:
             for which in rotated(["shallow", "deep"], rep):
                 side(which)
         deep, shallow = med(per_job["deep"]), med(per_job["shallow"])
-        ratio = deep / shallow
+        ratio = paired_ratio(per_job["deep"], per_job["shallow"])
         self.rows.append(Row("P4", f"per-job drain cost, {s.p4_run} jobs (`--max-jobs`) from {s.p4_deep:,} vs "
                                    f"{s.p4_shallow:,} pending (ms/job, median of {s.p4_reps})",
                              f"{deep:.2f} vs {shallow:.2f}", "—", ratio, "≤ 1.3×", verdict(ratio, 1.3, False),
@@ -840,11 +857,15 @@ class Bench:
                 ms = fn()
                 if rep:
                     t[name].append(ms)
-        tq = med(t["status_full"]) - med(t["status_empty"])
-        fl = med(t["scandir_full"]) - med(t["scandir_empty"])
+        # Each repetition runs the full and the empty spool back to back: the median of
+        # those differences is far steadier than a difference of medians, whose two
+        # terms each carry the interpreter's start-up jitter (tens of ms under load).
+        tq = paired_diff(t["status_full"], t["status_empty"])
+        fl = paired_diff(t["scandir_full"], t["scandir_empty"])
         ratio = tq / fl if fl > 0 else None
         self.rows.append(Row(
-            "P5", f"`taskq status --json` marginal cost of {n:,} jobs (ms, full − empty, median of {s.p5_reps})",
+            "P5", f"`taskq status --json` marginal cost of {n:,} jobs (ms, full − empty: median of {s.p5_reps} "
+                   "paired differences; each side's median in parentheses)",
             f"{tq:.1f} ({med(t['status_full']):.1f} − {med(t['status_empty']):.1f})",
             f"os.scandir of the 4 state dirs: {fl:.1f} ({med(t['scandir_full']):.1f} − {med(t['scandir_empty']):.2f})",
             ratio, "≤ 1.5×", verdict(ratio, 1.5, False), {"ms": dict(t), "split": counts}))
@@ -1014,7 +1035,7 @@ class Bench:
             for kind in rotated(["each", "batch"], rep):
                 side(kind)
         each, bat = med(rates["each"]), med(rates["batch"])
-        ratio = each / bat
+        ratio = paired_ratio(rates["each"], rates["batch"])
         self.rows.append(Row("E", f"`taskq add --each FILE -- true {{}}`, {n:,} jobs (jobs/s, median of {s.e_reps})",
                              fmt_rate(each), f"`taskq add --batch FILE`: {fmt_rate(bat)}", ratio, "≥ 0.8×",
                              verdict(ratio, 0.8, True), {"rates": rates}))
@@ -1162,6 +1183,9 @@ def main() -> int:
     print()
     for line in markdown(bench.rows):
         print(line)
+    print()
+    print("The taskq and floor / peer columns are each side's median; the ratio is the median of the "
+          "per-repetition ratios (P5: of the differences), each between sides run back to back.")
     if bench.notes or bench.errors:
         print()
         for line in bench.notes + bench.errors:
