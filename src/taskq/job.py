@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import times
 from .errors import ValidationError
@@ -30,8 +30,7 @@ UNCOUNTED_ERRORS = (INTERRUPTED, CANCELLED)
 COMPLETE = ("cwd", "created_at", "run_at")
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How one attempt ended. ``error`` is set when the command did not simply exit
     (could not start, cancelled, interrupted, worker lost). What it means for the job
     is :func:`taskq.policy.decide`; how it reads is :func:`taskq.policy.describe`."""

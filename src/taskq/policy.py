@@ -20,7 +20,7 @@ Backoff after the k-th counted failure of the current budget:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .job import CANCELLED, INTERRUPTED, WORKER_LOST, Job, Outcome
 
@@ -43,8 +43,7 @@ def describe(outcome: Outcome, timeout: float | None = None) -> str:
     return f"exit status {outcome.exit_code}"
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """Where a job goes after an attempt: ``done``, ``pending`` (at ``run_at``) or ``failed``."""
 
     state: str
@@ -85,8 +84,7 @@ def decide(job: Job, outcome: Outcome, finished_at: float, jitter: float) -> Dec
     return Decision("pending", run_at=finished_at + delay, last_error=reason)
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What a job's dependencies (``after``) say: ``ready`` (all done), ``waiting``
     (one is not settled, or failed before this job was retried: it may yet be
     retried) or ``failed`` (one failed, or does not exist: the job cannot run).

@@ -21,7 +21,7 @@ cancel, retry, fail a dependent, normalise a drop-in file, quarantine, purge.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import times
 from .errors import SpoolError, StateConflictError, ValidationError
@@ -34,8 +34,7 @@ from .spool.layout import PendingName
 from .spool.locks import Lock
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """One state change that happened. ``src`` is None for a new job, ``dst`` None for
     a job deleted; ``job`` is the record after the change (None for a file that was
     not a valid job)."""
@@ -48,12 +47,14 @@ class Change:
     decision: Decision | None = None
 
 
-@dataclass
 class Claimed:
     """A job this process owns in running/: its record and its run lock."""
 
-    job: Job
-    owned: Owned
+    __slots__ = ("job", "owned")
+
+    def __init__(self, job: Job, owned: Owned) -> None:
+        self.job = job
+        self.owned = owned
 
     @property
     def lock(self) -> Lock:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from .. import times
@@ -36,20 +35,20 @@ def file_in(state: str, job: Job) -> str:
     return pending_file(job) if state == "pending" else layout.job_file(job.id)
 
 
-@dataclass
 class Owned:
     """A job this process owns (it holds the run lock), where its file is now, and
     the state it was in when it was taken (``origin``: what a change reports as its
-    "from")."""
+    "from"). A plain class: ``taskq add`` imports it, and a dataclass costs a
+    millisecond to define."""
 
-    id: str
-    lock: Lock
-    state: str
-    name: str
-    origin: str = ""
+    __slots__ = ("id", "lock", "state", "name", "origin")
 
-    def __post_init__(self) -> None:
-        self.origin = self.origin or self.state
+    def __init__(self, id: str, lock: Lock, state: str, name: str) -> None:  # noqa: A002 - the job's id
+        self.id = id
+        self.lock = lock
+        self.state = state
+        self.name = name
+        self.origin = state
 
     def release(self) -> None:
         self.lock.release(remove=True)
