@@ -1,12 +1,11 @@
 """One attempt of a claimed job, start to settle: record the attempt, run it (the
 worker's :class:`~taskq.runner.Runner`) with its output in the job's log, then settle
-it by its outcome. Runs in a thread of its own, one per running job."""
+it by its outcome. Runs in one of the worker's slot threads, one attempt at a time."""
 
 from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +24,11 @@ START_FAILED_PAUSE = 0.25
 
 @dataclass
 class Running:
-    """A job this worker runs: its claim, the controls of its attempt, its thread."""
+    """A job this worker runs: its claim, the controls of its attempt, and whether
+    the attempt has ended (set by the slot thread that ran it)."""
 
     claimed: Claimed
     control: Control
-    thread: threading.Thread | None = None
     finished: bool = False
 
 

@@ -1,7 +1,7 @@
 """The worker: claim → run → settle, until stopped.
 
-One process runs up to ``concurrency`` jobs at once, each attempt in a thread
-(:mod:`.attempt`); the main thread claims, watches the spool, recovers jobs of dead
+One process runs up to ``concurrency`` jobs at once, each attempt in one of
+``concurrency`` slot threads (:mod:`.attempt`); the main thread claims, watches the spool, recovers jobs of dead
 workers and handles signals. Any number of workers may share a spool: a claim is a
 rename, which only one of them can win.
 
@@ -15,6 +15,7 @@ the directory's mtime changes and once a second.
 from __future__ import annotations
 
 import os
+import queue
 import random
 import select
 import sys
@@ -45,6 +46,8 @@ TMP_CLEAN_PERIOD = 600.0
 #: How often free space is checked against ``min_free`` (a statfs per loop would cost
 #: a system call per job for a value that changes slowly).
 SPACE_CHECK_PERIOD = 1.0
+#: How long closing waits for each slot thread to end.
+SLOT_JOIN = 5.0
 #: Longest sleep of an idle worker: bounds how late periodic work and polling run.
 IDLE_WAKE = 1.0
 
@@ -85,6 +88,8 @@ class Worker:
         self.claims = Claims(self.spool, self.watcher, self.event)
         self._rng = random.Random()
         self._attempts: AttemptRunner | None = None
+        self._slots: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._last_recovery = 0.0
         self._last_tmp_clean = 0.0
         self._disk_low = False
@@ -119,8 +124,8 @@ class Worker:
         """Work until stopped; return the exit status (0, or 130 after a hard stop)."""
         if self.stop.requested:
             return 0
-        self.begin()
         try:
+            self.begin()
             while True:
                 now = times.now()
                 if not self.run_once(now):
@@ -142,6 +147,10 @@ class Worker:
             self.runner = ProcessRunner(self.store.root, config.kill_grace)
         self._attempts = AttemptRunner(self.spool.transitions, self.runner, self.event, self._rng)
         become_subreaper()
+        self._threads = [threading.Thread(target=self._slot, daemon=True, name=f"taskq-slot-{n}")
+                         for n in range(self.concurrency)]
+        for thread in self._threads:
+            thread.start()
         self.watcher.add(self.store.dir("pending"), "pending")
         for label in ("done", "failed", "running"):
             self.watcher.add(self.store.dir(label), label, added_only=True)
@@ -173,6 +182,11 @@ class Worker:
         return True
 
     def close(self) -> None:
+        for _ in self._threads:
+            self._slots.put(None)
+        for thread in self._threads:
+            thread.join(timeout=SLOT_JOIN)  # after a hard stop an attempt may still be ending
+        self._threads = []
         if self.view is not None:
             self.view.stop()
         self.watcher.close()
@@ -227,25 +241,24 @@ class Worker:
         if self.stop.hard:
             control.hard.set()
         run = Running(claimed, control)
-        run.thread = threading.Thread(target=self._run_attempt, args=(run,), daemon=True,
-                                      name=f"taskq-job-{claimed.job.id}")
         self.running[claimed.job.id] = run
         self.started += 1
-        run.thread.start()
+        self._slots.put(run)
 
-    def _run_attempt(self, run: Running) -> None:
-        try:
-            assert self._attempts is not None  # set by begin()
-            self._attempts.run(run.claimed, run.control)
-        finally:
-            run.finished = True
-            self.wake()
+    def _slot(self) -> None:
+        """One of ``concurrency`` threads, each running one attempt at a time: a
+        thread per attempt would cost its start-up at every job."""
+        while (run := self._slots.get()) is not None:
+            try:
+                assert self._attempts is not None  # set by begin()
+                self._attempts.run(run.claimed, run.control)
+            finally:
+                run.finished = True
+                self.wake()
 
     def _reap(self) -> None:
         for job_id in [j for j, r in self.running.items() if r.finished]:
-            thread = self.running.pop(job_id).thread
-            if thread is not None:
-                thread.join()
+            self.running.pop(job_id)
             if not self.stop.requested:
                 self.claims.index.unblock()  # a dependency may just have been settled
 
