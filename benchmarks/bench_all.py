@@ -231,43 +231,9 @@ def command_output(argv: list[str], env: dict[str, str] | None = None) -> str:
 
 # -- floors run as separate processes (P1) ------------------------------------------------
 
-# The same durable write as `taskq add` does: what the argparse floor costs over the
-# bare interpreter is its parser and one minimal job.
-_DURABLE_WRITE = '''
-import json, os
-
-def durable_write(spool, command):
-    tmp, pending = os.path.join(spool, "tmp"), os.path.join(spool, "pending")
-    for d in (spool, tmp, pending):
-        os.makedirs(d, mode=0o700, exist_ok=True)
-    name = os.urandom(8).hex()
-    staged = os.path.join(tmp, name + ".tmp")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, json.dumps({"command": command}).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(staged, os.path.join(pending, name + ".json"))
-    dfd = os.open(pending, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    print(name)
-'''
-
-ARGPARSE_DURABLE_APP = _DURABLE_WRITE + '''
-import argparse
-
-parser = argparse.ArgumentParser(prog="floor")
-sub = parser.add_subparsers(dest="cmd", required=True)
-add = sub.add_parser("add")
-add.add_argument("--spool", required=True)
-add.add_argument("command", nargs=argparse.REMAINDER)
-args = parser.parse_args()
-durable_write(args.spool, [a for a in args.command if a != "--"] or ["true"])
-'''
+# The argparse + one durable write floor is bench_add.py's (same directory, so it
+# is importable when this script runs): both benchmarks measure the same floor.
+from bench_add import ARGPARSE_APP as ARGPARSE_DURABLE_APP  # noqa: E402
 
 # The P1 target: the same command line as `taskq add`, parsed by the installed typer,
 # doing nothing but print. What taskq adds over it is its own work.

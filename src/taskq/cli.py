@@ -183,25 +183,11 @@ def _add_each(api: Spool, path: str, nul: bool, command: Optional[list[str]], sh
     Everything that does not depend on the line (options, cwd, the command template) is
     worked out once here; per line, :class:`taskq.fanout.Fanout` only fills in ``{}``.
     """
-    from . import times
+    from .api.enqueue import record_of
     from .fanout import Fanout, split_lines
     from .fields import shell_text
 
-    # None = not given; so is an empty env (a payload of {} is a payload).
-    fields = {k: v for k, v in options.items() if v is not None and not (k == "env" and not v)}
-    if "delay" in fields and "run_at" in fields:
-        raise ValidationError("give either a delay (--delay) or a run_at time (--at), not both")
-    if "cwd" in fields:
-        # What Spool.add does with cwd; add_batch only takes absolute paths.
-        cwd = os.path.abspath(fields["cwd"])
-        if not os.path.isdir(cwd):
-            raise ValidationError(f"no such directory: {fields['cwd']}", "cwd")
-        fields["cwd"] = cwd
-    if "run_at" in fields:
-        try:
-            fields["run_at"] = times.iso(fields["run_at"])
-        except (ValueError, OverflowError, OSError):
-            raise ValidationError("is out of range", "run_at") from None
+    fields = record_of(options)  # what Spool.add makes of the same options
     words = list(command or [])
     if shell and not words:
         raise ValidationError("--shell needs a COMMAND string", "COMMAND")

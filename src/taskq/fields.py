@@ -218,6 +218,12 @@ DEFAULTABLE = ("priority", "max_attempts", "timeout", "backoff", "backoff_max", 
 
 
 
+def check_one_start_time(given: dict[str, Any]) -> None:
+    """A job gets ``delay`` (from now) or ``run_at``, not both."""
+    if given.get("delay") is not None and given.get("run_at") is not None:
+        raise ValidationError("give either a delay (--delay) or a run_at time (--at), not both")
+
+
 def shell_command(text: str) -> list[str]:
     """The argv that runs *text* with the shell (``add --shell``, a task type's
     ``command`` given as a string)."""

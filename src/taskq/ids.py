@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import TypeGuard
 
 from .errors import InvalidIdError
 
@@ -56,11 +57,16 @@ def id_time(job_id: str) -> float | None:
 
 def check_id(job_id: object, what: str = "id") -> str:
     """Return *job_id* if it is a valid job id, else raise InvalidIdError (exit 2)."""
-    if not isinstance(job_id, str) or not ID_RE.match(job_id):
+    if not is_id(job_id):
         raise InvalidIdError(f"invalid job id {job_id!r} (allowed: A-Z a-z 0-9 _ -)", what)
     return job_id
 
 
+
+
+def is_id(value: object) -> TypeGuard[str]:
+    """Whether *value* is a valid job id (:func:`check_id` without the error)."""
+    return isinstance(value, str) and ID_RE.match(value) is not None
 
 
 def worker_id() -> str:

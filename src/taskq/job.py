@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from . import times
 from .errors import ValidationError
-from .fields import DEFAULTS, check_encodable, is_int, seconds, timestamp, validate_fields
+from .fields import DEFAULTS, check_encodable, check_one_start_time, is_int, seconds, timestamp, validate_fields
 from .ids import new_id
 
 FORMAT_VERSION = 1
@@ -332,8 +332,7 @@ def build(
         fields["id"] = new_id(now)
     fields.setdefault("created_at", times.iso(now))
     if delay is not None:
-        if "run_at" in given and given["run_at"] is not None:
-            raise ValidationError("give either a delay (--delay) or a run_at time (--at), not both")
+        check_one_start_time({"delay": delay, "run_at": given.get("run_at")})
         try:
             fields["run_at"] = times.iso(now + seconds(delay, "delay"))
         except (OverflowError, ValueError, OSError):

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from . import times
 from .errors import SpoolError, StateConflictError, ValidationError
-from .ids import check_id, new_id, worker_id
+from .ids import is_id, new_id, worker_id
 from .job import CANCELLED, WORKER_LOST, Attempt, Job, Outcome, build, is_complete
 from .policy import Decision, decide
 from .spool import layout
@@ -113,11 +113,9 @@ class Transitions:
         Returns None when another process got there first, or when the file turned
         out not to be a valid job (it is then in failed/ with the reason beside it).
         """
-        if not self.store.has("pending", entry.name):
-            return None  # gone, or not a regular file: never touched
         owned = self.jobs.own(entry.id, ("pending", entry.name))
         if owned is None:
-            return None
+            return None  # busy, gone, or not a regular file: never touched
         try:
             job = self._take(owned)
         except FileNotFoundError:
@@ -255,7 +253,7 @@ class Transitions:
         dropped (the file's mtime). A file that is not a valid job goes to failed/.
         Returns the job (now pending), or None (lost a race, or quarantined)."""
         dropped = self.store.mtime("pending", name)
-        if dropped is None or not self.store.has("pending", name):
+        if dropped is None:
             return None  # gone, or a directory, symlink...: left where it is, never read
         try:
             data = self.jobs.read_data("pending", name)
@@ -264,7 +262,8 @@ class Transitions:
         except (ValidationError, SpoolError):
             data = None
         given = data.get("id") if isinstance(data, dict) else None
-        job_id = given if isinstance(given, str) and _free_id(self.jobs, given) else new_id(dropped)
+        # The file's own id if it is valid and no job has it yet.
+        job_id = given if is_id(given) and self.jobs.locate(given) is None else new_id(dropped)
         lock = self.jobs.own_lock(job_id)
         if lock is None:
             return None
@@ -347,13 +346,4 @@ class Transitions:
             job.settled_at = None
         else:
             job.settled_at = times.iso(now)
-
-
-def _free_id(jobs: JobStore, given: str) -> bool:
-    """Whether a drop-in file's own id can be used: valid, and no job has it."""
-    try:
-        check_id(given)
-    except ValidationError:
-        return False
-    return jobs.locate(given) is None
 

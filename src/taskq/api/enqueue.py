@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import times
 from ..errors import DependencyError, DiskFullError, JobNotFoundError, ValidationError
+from ..fields import check_one_start_time
 from ..ids import check_id
 from ..job import Job, build
 from ..spool import layout, locks
@@ -20,18 +21,29 @@ if TYPE_CHECKING:
 
 def add(spool: Spool, given: dict[str, Any]) -> Job:
     """:meth:`taskq.Spool.add`: *given* holds its keyword arguments."""
-    if given.get("cwd") is not None:
-        cwd = os.path.abspath(given["cwd"])
+    return _add(spool, [record_of(given)], None)[0]
+
+
+def record_of(given: dict[str, Any]) -> dict[str, Any]:
+    """The record fields of :meth:`taskq.Spool.add`'s keyword arguments: options not
+    given (None, an empty env or list) left out, ``cwd`` made absolute and checked,
+    ``run_at`` (epoch seconds) as a timestamp. ``add --each`` shares it for the options
+    common to all its jobs."""
+    check_one_start_time(given)
+    record: dict[str, Any] = {}
+    for key, value in given.items():
+        if key in ("command", "permanent_exit_codes", "after", "env"):
+            value = (dict(value) if key == "env" else list(value)) if value else None
+        if value is not None:
+            record[key] = value
+    if "cwd" in record:
+        cwd = os.path.abspath(record["cwd"])
         if not os.path.isdir(cwd):
-            raise ValidationError(f"no such directory: {given['cwd']}", "cwd")
-        given["cwd"] = cwd
-    for key in ("command", "permanent_exit_codes", "after"):
-        if given.get(key) is not None:
-            given[key] = list(given[key]) or None
-    given["env"] = dict(given["env"]) if given.get("env") else None
-    if given.get("run_at") is not None:
-        given["run_at"] = _iso_or_invalid(given["run_at"], "run_at")
-    return _add(spool, [{k: v for k, v in given.items() if v is not None}], None)[0]
+            raise ValidationError(f"no such directory: {record['cwd']}", "cwd")
+        record["cwd"] = cwd
+    if "run_at" in record:
+        record["run_at"] = _iso_or_invalid(record["run_at"], "run_at")
+    return record
 
 
 def add_batch(spool: Spool, records: list[Any], line_numbers: Any) -> list[Job]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 from .. import times
 from ..errors import JobNotFoundError, SpoolError, ValidationError
-from ..ids import check_id, id_time
+from ..ids import check_id, id_time, is_id
 from ..job import Job, build, is_complete, parse_json_bytes
 from ..policy import Verdict, dependency_verdict
 from ..spool import layout
@@ -70,7 +70,7 @@ def _preview(spool: Spool, state: str, name: str, data: Any, why: str) -> Job:
     saying what is wrong (a worker files it in failed/)."""
     dropped = spool.store.mtime(state, name)
     given = data.get("id") if isinstance(data, dict) else None
-    job_id = layout.id_in(state, name) or (given if _valid_id(given) else "")
+    job_id = layout.id_in(state, name) or (given if is_id(given) else "")
     stamp = dropped if dropped is not None else times.now()
     job: Job | None = None
     if isinstance(data, dict) and not is_complete(data):
@@ -89,14 +89,6 @@ def _preview(spool: Spool, state: str, name: str, data: Any, why: str) -> Job:
     if not job_id:
         job.file = layout.place("pending", name)
     return job
-
-
-def _valid_id(value: object) -> TypeGuard[str]:
-    try:
-        check_id(value)
-        return True
-    except ValidationError:
-        return False
 
 
 def dropins(spool: Spool) -> Iterator[Job]:

@@ -147,13 +147,7 @@ _PENDING_RE = re.compile(r"([0-9]{10})\.([0-9]{8}T[0-9]{9}Z)\.([A-Za-z0-9_-]+)(\
 
 def parse_pending_name(name: str) -> PendingName | None:
     """Decode a pending/ name made by :func:`pending_name`; None for any other name."""
-    m = _PENDING_RE.fullmatch(name)
-    if m is None:
-        return None
-    prio, run_key, job_id, deps = m.groups()
-    if not _valid_time(run_key[:15]):
-        return None
-    return PendingName(name, prio, run_key, job_id, deps is not None)
+    return parse_pending_names([name])[0]
 
 
 def parse_pending_names(names: list[str]) -> list[PendingName | None]:
@@ -178,19 +172,10 @@ def matches_id(name: str, job_id: str) -> bool:
     return parsed is not None and parsed.id == job_id
 
 
-def valid_run_key(key: str) -> bool:
-    """Whether *key* is ``YYYYMMDDTHHMMSSmmmZ`` with a real date and time, as
-    :func:`taskq.times.name_key` makes it (a worker turns it back into a time)."""
-    if len(key) != 19 or key[8] != "T" or key[18] != "Z" or not key.isascii():
-        return False
-    if not (key[:8] + key[9:18]).isdigit():
-        return False
-    return _valid_time(key[:15])
-
-
 @functools.lru_cache(maxsize=4096)
 def _valid_time(stamp: str) -> bool:
-    """Whether ``YYYYMMDDTHHMMSS`` (digits checked already) is a real date and time.
+    """Whether ``YYYYMMDDTHHMMSS`` (digits checked already) is a real date and time, as
+    :func:`taskq.times.name_key` makes it (a worker turns it back into a time).
     Remembered: jobs made in the same second share it."""
     try:
         datetime(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]),

@@ -289,10 +289,12 @@ class Store:
             return False
 
     def mtime(self, state: str, name: str) -> float | None:
+        """The mtime of *state*/*name* if it is a regular file (not a symlink), else None."""
         try:
-            return os.lstat(self.path(state, name)).st_mtime
+            st = os.lstat(self.path(state, name))
         except OSError:
             return None
+        return st.st_mtime if stat.S_ISREG(st.st_mode) else None
 
     # -- spool-wide files --------------------------------------------------------------
 
