@@ -156,8 +156,9 @@ def list_jobs(spool: Spool, state: str | None, limit: int | None) -> list[Job]:
 def status(spool: Spool, now: float | None) -> dict[str, Any]:
     spool.require()
     now = times.now() if now is None else now
-    names = {st: spool.store.names(st) for st in layout.STATES}
-    counts = {st: len(names[st]) for st in layout.STATES}
+    # Settled jobs only need counting; pending/ and running/ names are read.
+    names = {st: spool.store.names(st) for st in ("pending", "running")}
+    counts = {st: len(names[st]) if st in names else spool.store.count(st) for st in layout.STATES}
     running, taking_in = _running(spool, names["running"], now)
     # A drop-in file being taken in is still pending for the people reading this.
     counts["running"] -= taking_in
@@ -190,7 +191,8 @@ def _pending(spool: Spool, names: dict[str, list[str]], now: float) -> dict[str,
             scheduled += 1
             continue
         if parsed.has_deps:
-            facts = facts or _Facts(spool.jobs, names)
+            facts = facts or _Facts(spool.jobs, {**names, "done": spool.store.names("done"),
+                                                  "failed": spool.store.names("failed")})
             if facts.verdict_of(name).kind == "waiting":
                 waiting += 1
                 continue

@@ -277,6 +277,17 @@ class Store:
         except OSError:  # an entry that cannot be stat'ed: list them one by one
             return [entry.name for entry in self.entries(state, suffix)]
 
+    def count(self, state: str, suffix: str = layout.JSON) -> int:
+        """How many job files *state* holds, for counts (status, metrics): the names
+        :meth:`names` would give, except that an entry that is not a regular file (only
+        a hand-made one can be) is counted too. os.listdir makes no DirEntry per name:
+        on a queue of tens of thousands of settled jobs this is half the cost."""
+        try:
+            return len([name for name in os.listdir(self.dir(state))
+                        if name.endswith(suffix) and not name.startswith(".")])
+        except FileNotFoundError:
+            raise NoSpoolError(self.root) from None
+
     def dir_mtime(self, state: str) -> int:
         """The directory's change stamp (ns), to tell whether a cached listing is stale."""
         return os.stat(self.dir(state)).st_mtime_ns
