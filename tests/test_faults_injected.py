@@ -70,6 +70,7 @@ class Plan:
     nth: int
     err: int
     sticky: bool = False  # also fail every later call of the method (a dead disk)
+    count: int = 1  # how many calls fail, from the nth on
 
 
 class Injector:
@@ -103,7 +104,7 @@ class Injector:
             if plan is None or plan.method != method:
                 return None
             n = self.calls[method]
-            if n == plan.nth or (plan.sticky and n > plan.nth):
+            if plan.nth <= n < plan.nth + plan.count or (plan.sticky and n > plan.nth):
                 self.fired += 1
                 FIRED[self.label + (method, errno.errorcode[plan.err])] += 1
                 return plan.err
@@ -853,8 +854,9 @@ def _run_worker(root: Path, timeout: float = 20.0, **kw: Any) -> tuple[int, str]
     return result["code"], log.getvalue()
 
 
-def _run_worker_for_a_while(root: Path, inj: Injector, monkeypatch, seconds: float = 10.0) -> io.StringIO:
-    """A worker that is not in burst mode (two jobs at most, periodic recovery every
+def _run_worker_for_a_while(root: Path, inj: Injector, monkeypatch, seconds: float = 10.0,
+                            max_jobs: int = 2) -> io.StringIO:
+    """A worker that is not in burst mode (*max_jobs* jobs at most, periodic recovery every
     0.3 s), in a thread of this process, on *root* for *seconds*; then the injector is
     disarmed and the worker stopped if it still runs. Returns its log."""
     import taskq.worker.loop as worker_mod
@@ -862,7 +864,7 @@ def _run_worker_for_a_while(root: Path, inj: Injector, monkeypatch, seconds: flo
     monkeypatch.setattr(worker_mod, "RECOVERY_PERIOD", 0.3)
     log = io.StringIO()
     stop = StopState()
-    worker = Worker(taskq.Spool(root), max_jobs=2, log=log, stop=stop)
+    worker = Worker(taskq.Spool(root), max_jobs=max_jobs, log=log, stop=stop)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     thread.join(seconds)
@@ -959,16 +961,18 @@ def test_worker_takes_in_a_drop_in_again_after_a_failed_attempt(tmp_path, inj, m
 
 
 def test_stranded_job_recovered_by_the_running_worker(tmp_path, inj, monkeypatch):
-    """A claim whose directory fsync failed leaves the job in running/ with no owner;
-    the same worker's periodic recovery brings it back and runs it."""
+    """A claimed job whose attempt cannot be recorded, and which then cannot be put
+    back to pending either (renames 2 and 3: the start's record, the unclaim's), is
+    left in running/ with no owner; the same worker's periodic recovery brings it back
+    and runs it."""
     ctx = Ctx(tmp_path / "spool")
     first = add_job(ctx, priority=9)
     second = add_job(ctx)
-    inj.arm(Plan("fsync_dir", 1, errno.EIO), ("worker", "stranded"))
-    log = _run_worker_for_a_while(ctx.root, inj, monkeypatch)
-    assert inj.fired == 1
+    inj.arm(Plan("rename", 2, errno.EIO, count=2), ("worker", "stranded"))
+    log = _run_worker_for_a_while(ctx.root, inj, monkeypatch, max_jobs=3)  # the failed start counts
+    assert inj.fired == 2
     text = log.getvalue()
-    assert f"cannot claim {first}" in text
+    assert f"cannot start {first}" in text
     assert f"recovered {first}" in text, text
     assert state_of(ctx.root, first) == "done" and state_of(ctx.root, second) == "done", text
 

@@ -45,13 +45,16 @@ def kinds(changes: list[Change]) -> list[tuple[str, str | None, str | None]]:
 class FakeRunner:
     """Runs no process: answers each attempt with the next outcome, and records it."""
 
-    def __init__(self, *outcomes: Outcome) -> None:
+    def __init__(self, *outcomes: Outcome, by_id: dict[str, Outcome] | None = None) -> None:
         self.outcomes = list(outcomes)
+        self.by_id = by_id or {}  # slot threads run attempts in any order: outcome per job
         self.ran: list[tuple[str, int]] = []
 
     def __call__(self, job: Job, attempt: int, log_fd: int, lock_fd: int, control: Control) -> Outcome:
         self.ran.append((job.id, attempt))
         os.write(log_fd, b"fake output\n")
+        if job.id in self.by_id:
+            return self.by_id[job.id]
         return self.outcomes.pop(0) if self.outcomes else Outcome(exit_code=0)
 
 
@@ -124,7 +127,7 @@ def test_run_once_claims_runs_and_settles_with_a_fake_runner(api, tmp_path):
     ok = api.add(["never-run"], priority=5)
     failing = api.add(["never-run"], max_attempts=1)
     later = api.add(["never-run"], delay=3600)
-    runner = FakeRunner(Outcome(exit_code=0), Outcome(exit_code=3))
+    runner = FakeRunner(by_id={ok.id: Outcome(exit_code=0), failing.id: Outcome(exit_code=3)})
     worker = Worker(api, concurrency=2, runner=runner, stop=StopState(), log=open(os.devnull, "w"))
     worker.begin()
     try:

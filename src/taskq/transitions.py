@@ -61,6 +61,18 @@ class Claimed:
         return self.owned.lock
 
 
+#: The worker's own changes, whose renames are not made durable one by one (no
+#: directory fsync; the record itself is always fsynced before it is renamed). A
+#: power cut can undo the latest of them, newest first, and recovery takes each undone
+#: step again: with its move undone, a settle leaves the job in running/ with the
+#: outcome recorded (settled by that outcome, not run again); with its record undone
+#: too, the attempt looks cut short ("worker lost", run again); a start undone leaves
+#: the job claimed (back to pending uncounted); a claim undone leaves it pending.
+#: Nothing acknowledged to a user is among them: ``add``, ``cancel``, ``retry`` and
+#: taking in a drop-in file are durable when they return.
+LAZY = frozenset({"claim", "start", "settle", "unclaim", "recover", "fail_dependent"})
+
+
 class Transitions:
     """The state changes of one spool's jobs. *observe* is told of every change."""
 
@@ -72,10 +84,13 @@ class Transitions:
     # -- the one place where a change is written and reported ---------------------------
 
     def _commit(self, kind: str, owned: Owned, job: Job, state: str, decision: Decision | None = None) -> None:
-        """Write *job* where it is, then move it into *state*."""
+        """Write *job* where it is, then move it into *state*. The record is always
+        fsynced before its name can reach the disk; the directories only for the
+        changes that are not :data:`LAZY` (README, "Durability and speed")."""
         src = owned.origin
-        self.jobs.save(owned, job)
-        self.jobs.move(owned, job, state)
+        sync_dir = kind not in LAZY
+        self.jobs.save(owned, job, sync_dir)
+        self.jobs.move(owned, job, state, sync_dir)
         owned.origin = state
         self._changed(Change(kind, job.id, src, state, job, decision))
 
@@ -83,10 +98,10 @@ class Transitions:
         if self.observe is not None:
             self.observe(change)
 
-    def _take(self, owned: Owned) -> Job | None:
+    def _take(self, owned: Owned, sync_dir: bool = True) -> Job | None:
         """Bring an owned job into running/ and read it; a file that is not a valid job
         is quarantined (None). Raises FileNotFoundError if it moved away first."""
-        self.jobs.take(owned)
+        self.jobs.take(owned, sync_dir)
         try:
             job = self.jobs.load(owned.state, owned.name)
             if job.id != owned.id:
@@ -117,7 +132,7 @@ class Transitions:
         if owned is None:
             return None  # busy, gone, or not a regular file: never touched
         try:
-            job = self._take(owned)
+            job = self._take(owned, sync_dir=False)  # a lost claim leaves the job pending
         except FileNotFoundError:
             job = None
         except BaseException:
@@ -136,7 +151,7 @@ class Transitions:
         attempt = Attempt(number=len(job.attempts) + 1, started_at=times.iso(now), worker=worker_id())
         job.attempts.append(attempt)
         try:
-            self.jobs.save(claimed.owned, job)
+            self.jobs.save(claimed.owned, job, sync_dir="start" not in LAZY)
         except SpoolError:
             job.attempts.pop()
             raise

@@ -166,12 +166,12 @@ class JobStore:
         """The job's run lock alone (for a job that may have no file left)."""
         return locks.run_lock(self.store, job_id)
 
-    def take(self, owned: Owned) -> None:
+    def take(self, owned: Owned, sync_dir: bool = True) -> None:
         """Bring an owned pending job into running/ (the claim's rename). Raises
         FileNotFoundError if the file has gone."""
         if owned.state != "running":
             name = layout.job_file(owned.id)
-            self.store.move(owned.state, owned.name, "running", name)
+            self.store.move(owned.state, owned.name, "running", name, sync_dir)
             owned.state, owned.name = "running", name
 
     def put_back(self, owned: Owned) -> None:
@@ -180,14 +180,14 @@ class JobStore:
         self.store.move(owned.state, owned.name, "pending", owned.name)
         owned.state = "pending"
 
-    def save(self, owned: Owned, job: Job) -> None:
+    def save(self, owned: Owned, job: Job, sync_dir: bool = True) -> None:
         """Write *job* over the owned job's file where it is (stage, rename, fsync)."""
-        self.store.write(owned.state, owned.name, job.to_bytes())
+        self.store.write(owned.state, owned.name, job.to_bytes(), sync_dir=sync_dir)
 
-    def move(self, owned: Owned, job: Job, state: str) -> None:
+    def move(self, owned: Owned, job: Job, state: str, sync_dir: bool = True) -> None:
         """Rename the owned job's file into *state* under the name it has there."""
         name = file_in(state, job)
-        self.store.move(owned.state, owned.name, state, name)
+        self.store.move(owned.state, owned.name, state, name, sync_dir)
         owned.state, owned.name = state, name
         job.state = state
 

@@ -118,15 +118,17 @@ class Store:
             raise io_error("write", path, exc) from None
         return path
 
-    def publish(self, staged: str, state: str, name: str) -> None:
-        """Rename a staged file into *state*/*name* and make the rename durable."""
+    def publish(self, staged: str, state: str, name: str, sync_dir: bool = True) -> None:
+        """Rename a staged file into *state*/*name* and make the rename durable (unless
+        *sync_dir* is false: see :meth:`move`)."""
         dest = self.path(state, name)
         try:
             self.io.rename(staged, dest)
         except OSError as exc:
             self.discard(staged)
             raise io_error("rename into", dest, exc) from None
-        self.sync_dir(state)
+        if sync_dir:
+            self.sync_dir(state)
 
     def publish_new(self, files: list[tuple[bytes, str]], state: str) -> None:
         """Publish new files (content, name) into *state*, all or nothing: all are
@@ -163,12 +165,19 @@ class Store:
         except OSError as exc:
             raise io_error("link into", dest, exc) from None
 
-    def write(self, state: str, name: str, data: bytes, tag: str = "job") -> None:
-        """Atomically create or replace *state*/*name* with *data* (stage, rename, fsync)."""
-        self.publish(self.stage(data, tag), state, name)
+    def write(self, state: str, name: str, data: bytes, tag: str = "job", sync_dir: bool = True) -> None:
+        """Atomically create or replace *state*/*name* with *data*: stage (written and
+        fsynced, so the name never holds less than a whole file), rename, fsync the
+        directory (unless *sync_dir* is false: see :meth:`move`)."""
+        self.publish(self.stage(data, tag), state, name, sync_dir)
 
-    def move(self, src_state: str, src_name: str, dst_state: str, dst_name: str) -> None:
+    def move(self, src_state: str, src_name: str, dst_state: str, dst_name: str, sync_dir: bool = True) -> None:
         """One atomic rename between (or within) state directories, made durable.
+
+        With *sync_dir* false the directories are not fsynced: the rename reaches the
+        disk with the file system's next commit, and a power cut before that finds the
+        file, whole, under its old name. The worker's own steps do this (README,
+        "Durability and speed"): each of them may be lost that way, never a job.
 
         Raises FileNotFoundError if the source is gone (another process moved it
         first: the caller lost a race and must not touch the job).
@@ -180,9 +189,10 @@ class Store:
             raise
         except OSError as exc:
             raise io_error("rename to", dst, exc) from None
-        self.sync_dir(dst_state)
-        if src_state != dst_state:
-            self.sync_dir(src_state)
+        if sync_dir:
+            self.sync_dir(dst_state)
+            if src_state != dst_state:
+                self.sync_dir(src_state)
 
     def sync_dir(self, state: str) -> None:
         if not self.sync:
