@@ -463,12 +463,12 @@ def retry(
 ) -> None:
     """Put failed jobs back to pending with a fresh attempt budget."""
     api = _spool(ctx, spool)
+    if name is not None and not all_:
+        raise ValidationError("--name goes with --all")
     if all_ and job_ids:
         raise ValidationError("give IDs or --all, not both")
     if not all_ and not job_ids:
         raise ValidationError("give the IDs of failed jobs, or --all")
-    if name is not None and not all_:
-        raise ValidationError("--name goes with --all")
     if not all_:
         _each(list(job_ids or []), lambda job_id: api.retry([job_id]))
         return
