@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import taskq as taskq_api
+from taskq import times
 from workerutil import assert_one_line_error
 from workerutil import files as ls
 
@@ -305,6 +306,98 @@ def test_show_human(taskq, spool):
     assert "pending" in proc.stdout
     assert "greeting" in proc.stdout
     assert "hello world" in proc.stdout
+
+
+# -- human output in words (README: "taskq status", "taskq show") ------------------------------
+
+
+def _ago(seconds: float) -> str:
+    return times.iso(time.time() - seconds)
+
+
+def _failed_job(spool: Path, **changes) -> str:
+    """A failed job whose record says it was killed by SIGKILL, then timed out (30 s)."""
+    job_id = taskq_api.Spool(spool).add(["sleep", "100"], name="slow", timeout=30, max_attempts=2).id
+    attempts = [
+        {"number": 1, "started_at": _ago(400), "finished_at": _ago(390), "exit_code": None, "signal": 9,
+         "timed_out": False, "error": None, "worker": "host:41"},
+        {"number": 2, "started_at": _ago(190), "finished_at": _ago(160), "exit_code": None, "signal": 15,
+         "timed_out": True, "error": None, "worker": "host:42"},
+    ]
+    fields = dict(attempts=attempts, last_error="timed out after 30s (signal 15)", settled_at=_ago(150),
+                  created_at=_ago(7300))
+    move(spool, job_id, "failed", **{**fields, **changes})
+    return job_id
+
+
+def test_show_human_in_words(taskq, spool):
+    job_id = _failed_job(spool)
+    text = taskq("show", job_id, check=True).stdout
+    assert re.search(r"created: +\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} \(2 h ago\)", text), text
+    assert re.search(r"settled: +\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} \(2 min ago\)", text), text
+    assert "timeout:      30 s" in text
+    assert "backoff:      10 s doubling to 1 h" in text
+    assert "last error:   timed out after 30 s (SIGTERM)" in text
+    assert re.search(r"attempt 1: started .* \(6 min ago\), ran 10 s: killed by SIGKILL \[host:41\]", text), text
+    assert re.search(r"attempt 2: started .*, ran 30 s: timed out after 30 s \(SIGTERM\) \[host:42\]", text), text
+    # --json keeps the record exactly
+    record = taskq.json("show", job_id, "--json")
+    assert record["last_error"] == "timed out after 30s (signal 15)"
+    assert [a["signal"] for a in record["attempts"]] == [9, 15]
+
+
+def test_show_running_attempt_in_words(taskq, spool):
+    job_id = taskq_api.Spool(spool).add(["sleep", "100"]).id
+    attempt = {"number": 1, "started_at": _ago(130), "finished_at": None, "exit_code": None, "signal": None,
+               "timed_out": False, "error": None, "worker": "host:7"}
+    move(spool, job_id, "running", attempts=[attempt])
+    text = taskq("show", job_id, check=True).stdout
+    assert re.search(r"attempt 1: started .* \(2 min ago\), running for 2 min 1\d s \[host:7\]", text), text
+
+
+def test_status_human_in_words(taskq, spool):
+    job_id = _failed_job(spool, last_error="killed by signal 9", settled_at=_ago(200))
+    text = taskq("status", check=True).stdout
+    (line,) = [line for line in text.splitlines() if job_id in line]
+    assert line.endswith("slow failed 3 min ago: killed by SIGKILL"), line
+    (failure,) = taskq.json("status", "--json")["recent_failures"]
+    assert failure["last_error"] == "killed by signal 9"  # --json: as recorded
+
+
+def test_status_running_job_for_a_duration_in_words(taskq, spool):
+    job_id = taskq_api.Spool(spool).add(["sleep", "100"]).id
+    attempt = {"number": 1, "started_at": _ago(3 * 3600 + 300), "finished_at": None, "exit_code": None,
+               "signal": None, "timed_out": False, "error": None, "worker": "host:7"}
+    move(spool, job_id, "running", attempts=[attempt])
+    text = taskq("status", check=True).stdout
+    assert f"running {job_id}  attempt 1 for 3 h 5 min on host:7" in text, text
+
+
+def test_list_created_is_relative(taskq, spool):
+    job_id = _failed_job(spool)
+    fresh = taskq_api.Spool(spool).add(["true"]).id
+    lines = taskq("list", check=True).stdout.splitlines()
+    assert lines[0].split("\t")[4] == "CREATED"
+    created = {line.split("\t")[0]: line.split("\t")[4] for line in lines[1:]}
+    assert created[job_id] == "2 h ago"
+    assert created[fresh] in ("just now", "1 s ago", "2 s ago")
+    assert taskq.json("list", "--json")[1]["created_at"].endswith("Z")  # --json: exact timestamps
+
+
+def test_explain_in_words_and_json_as_recorded(taskq, spool):
+    api = taskq_api.Spool(spool)
+    job_id = _failed_job(spool, last_error="killed by signal 9 (permanent)")
+    human = taskq("explain", job_id, check=True).stdout
+    assert "(2 min ago) after 2 counted attempts of 2: killed by SIGKILL (permanent)." in human, human
+    reason = taskq.json("explain", job_id, "--json")["reason"]
+    assert reason.endswith(" after 2 counted attempts of 2: killed by signal 9 (permanent).")
+    assert "ago" not in reason
+    later = api.add(["true"], delay=7200 + 30).id
+    assert "(in 2 h)." in taskq("explain", later, check=True).stdout
+    data = taskq.json("explain", later, "--json")
+    assert "(in " not in data["reason"] and data["until"].endswith("Z")
+    assert api.explain(later, words=True)["reason"].endswith("(in 2 h).")
+    assert api.explain(later)["reason"] == data["reason"]
 
 
 def test_show_unknown_id(taskq, empty_spool):

@@ -7,9 +7,11 @@ the exit status of the README's "Exit codes": 1 = the operation failed, 2 = usag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import typer
@@ -17,7 +19,7 @@ import typer
 from .errors import TaskqError, ValidationError
 
 if TYPE_CHECKING:
-    from .api import Spool
+    from .api import Progress, Spool
     from .job import Job
 
 app = typer.Typer(
@@ -56,6 +58,28 @@ def _print_json(data: Any) -> None:
 def _fail(message: str, code: int) -> NoReturn:
     sys.stderr.write(f"taskq: {message}\n")
     raise typer.Exit(code)
+
+
+#: From this many jobs on, ``retry --all``, ``purge`` and ``add --batch``/``--each``
+#: draw a progress bar when stderr is a terminal (README, "taskq retry").
+PROGRESS_MIN = 50
+
+
+@contextlib.contextmanager
+def _progress(what: str) -> Iterator[Progress | None]:
+    """A progress report for an operation over many jobs: a bar on stderr when it is
+    a terminal (drawn from PROGRESS_MIN jobs on, gone when the operation ends), else
+    None, so that piped runs neither import rich nor pay for the callbacks."""
+    if not sys.stderr.isatty() or os.environ.get("TERM") == "dumb":
+        yield None
+        return
+    from .render import ProgressBar
+
+    bar = ProgressBar(what, PROGRESS_MIN)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 # -- add ---------------------------------------------------------------------------------
@@ -142,7 +166,9 @@ def add(
         if shell or any(value is not None for value in given):
             raise ValidationError("--batch takes no other job options: give the fields in each line")
         numbered = _read_batch(batch)
-        _print_added(api.add_batch([r for _, r in numbered], line_numbers=[n for n, _ in numbered]), as_json)
+        with _progress("enqueueing") as progress:
+            jobs = api.add_batch([r for _, r in numbered], line_numbers=[n for n, _ in numbered], progress=progress)
+        _print_added(jobs, as_json)
         return
     if payload is not None and payload_file is not None:
         raise ValidationError("give either --payload or --payload-file, not both")
@@ -207,7 +233,9 @@ def _add_each(api: Spool, path: str, nul: bool, command: Optional[list[str]], sh
     numbers, lines = split_lines(_read_input(path, "--each"), nul)
     if not lines:
         raise ValidationError("--each: no lines given")
-    _print_added(api.add_batch(fanout.records(lines), line_numbers=numbers), as_json)
+    with _progress("enqueueing") as progress:
+        jobs = api.add_batch(fanout.records(lines), line_numbers=numbers, progress=progress)
+    _print_added(jobs, as_json)
 
 
 def _argv(command: Optional[list[str]], shell: bool, name: Optional[str]) -> Optional[list[str]]:
@@ -431,15 +459,22 @@ def retry(
     job_ids: Optional[list[str]] = typer.Argument(None, metavar="ID..."),
     spool: Optional[str] = SpoolOpt,
     all_: bool = typer.Option(False, "--all", help="Every job in failed/."),
+    name: Optional[str] = typer.Option(None, "--name", metavar="NAME", help="With --all: only jobs named NAME."),
 ) -> None:
     """Put failed jobs back to pending with a fresh attempt budget."""
     api = _spool(ctx, spool)
+    if name is not None and not all_:
+        raise ValidationError("--name goes with --all")
     if all_ and job_ids:
         raise ValidationError("give IDs or --all, not both")
     if not all_ and not job_ids:
         raise ValidationError("give the IDs of failed jobs, or --all")
-    ids = api.failed_ids() if all_ else list(job_ids or [])
-    _each(ids, lambda job_id: api.retry([job_id]), "retried")
+    if not all_:
+        _each(list(job_ids or []), lambda job_id: api.retry([job_id]))
+        return
+    ids = api.failed_ids(name=name)
+    with _progress("retrying") as progress:
+        _each(ids, lambda job_id: api.retry([job_id]), progress)
 
 
 @app.command()
@@ -450,24 +485,44 @@ def cancel(
 ) -> None:
     """Cancel jobs: pending ones go to failed/, running ones are stopped first."""
     api = _spool(ctx, spool)
-    _each(job_ids, lambda job_id: api.cancel([job_id]), "cancelled")
+    _each(job_ids, lambda job_id: api.cancel([job_id]))
 
 
-def _each(ids: list[str], action: Any, verb: str) -> None:
+def _each(ids: list[str], action: Any, progress: Progress | None = None) -> None:
     """Apply *action* to each id; print the ids done, one error line per failure,
-    exit with the worst status."""
+    exit with the worst status. While a progress bar may be drawn (on stderr), the
+    lines wait until the end, so that the bar never tears them; stdout gets the same
+    ids either way."""
     from .ids import check_id
 
     for job_id in ids:
         check_id(job_id)  # all ids are checked before anything is changed
+    held: list[tuple[Any, str]] | None = [] if progress is not None and len(ids) >= PROGRESS_MIN else None
+
+    def say(stream: Any, line: str) -> None:
+        if held is None:
+            stream.write(line)
+        else:
+            held.append((stream, line))
+
     worst = 0
-    for job_id in ids:
-        try:
-            action(job_id)
-            sys.stdout.write(job_id + "\n")
-        except TaskqError as exc:
-            sys.stderr.write(f"taskq: {exc}\n")
-            worst = max(worst, exc.exit_code)
+    try:
+        for done, job_id in enumerate(ids, 1):
+            try:
+                action(job_id)
+                say(sys.stdout, job_id + "\n")
+            except TaskqError as exc:
+                say(sys.stderr, f"taskq: {exc}\n")
+                worst = max(worst, exc.exit_code)
+            if progress is not None:
+                progress(done, len(ids))
+    finally:
+        if held:
+            close = getattr(progress, "close", None)
+            if close is not None:
+                close()  # the bar goes before the lines it held back are printed
+            for stream, line in held:
+                stream.write(line)
     if worst:
         raise typer.Exit(worst)
 
@@ -481,13 +536,22 @@ def purge(
         None, "--older-than", metavar="DURATION",
         help="Only jobs settled longer ago than this.",
     ),
+    name: Optional[str] = typer.Option(None, "--name", metavar="NAME", help="Only jobs named NAME."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Delete nothing; print the ids that would go."),
 ) -> None:
     """Delete finished jobs and their logs."""
     from . import times
 
     age = times.parse_duration(older_than, "--older-than") if older_than is not None else None
-    purged = _spool(ctx, spool).purge(state, older_than=age)
-    sys.stderr.write(f"purged {len(purged)} {state} job{'s' if len(purged) != 1 else ''}\n")
+    api = _spool(ctx, spool)
+    with _progress("purging" if not dry_run else "looking") as progress:
+        purged = api.purge(state, older_than=age, name=name, dry_run=dry_run, progress=progress)
+    jobs = f"{len(purged)} {state} job{'s' if len(purged) != 1 else ''}"
+    if dry_run:
+        sys.stdout.write("".join(job_id + "\n" for job_id in purged))
+        sys.stderr.write(f"would purge {jobs} (dry run: nothing deleted)\n")
+    else:
+        sys.stderr.write(f"purged {jobs}\n")
 
 
 @app.command("wait")
@@ -525,7 +589,7 @@ def explain(
     as_json: bool = JsonOpt,
 ) -> None:
     """Why a job is where it is."""
-    data = _spool(ctx, spool).explain(job_id)
+    data = _spool(ctx, spool).explain(job_id, words=not as_json)
     if as_json:
         _print_json(data)
     else:

@@ -25,22 +25,46 @@ from typing import NamedTuple
 from .job import CANCELLED, INTERRUPTED, WORKER_LOST, Job, Outcome
 
 __all__ = [
-    "CANCELLED", "INTERRUPTED", "WORKER_LOST", "Decision", "Outcome", "Verdict",
-    "backoff_delay", "decide", "dependency_verdict", "describe",
+    "CANCELLED", "INTERRUPTED", "PERMANENT", "RECORD", "WORKER_LOST", "Decision", "Outcome", "Verdict",
+    "Wording", "backoff_delay", "decide", "dependency_verdict", "describe",
 ]
 
 
-def describe(outcome: Outcome, timeout: float | None = None) -> str:
+class Wording(NamedTuple):
+    """The words :func:`describe` puts in its one sentence structure: how an exit
+    status, a signal and a time limit read. :data:`RECORD` is the wording of the job
+    record's ``last_error`` and the worker's event lines; the human outputs use
+    ``taskq.humanize.WORDS``, so both say the same thing in two registers."""
+
+    exited: Callable[[int | None], str]
+    signal: Callable[[int | None], str]
+    seconds: Callable[[float], str]
+
+
+#: Appended to ``last_error`` when the exit status is one of ``permanent_exit_codes``.
+PERMANENT = " (permanent)"
+
+#: The wording of ``last_error``: ``exit status 3``, ``killed by signal 9``,
+#: ``timed out after 5s (signal 15)``. Scripts match these texts: they do not change.
+RECORD = Wording(
+    exited=lambda code: f"exit status {code}",
+    signal=lambda number: f"signal {number}",
+    seconds=lambda limit: f"{limit:g}s",
+)
+
+
+def describe(outcome: Outcome, timeout: float | None = None, wording: Wording = RECORD) -> str:
     """How an attempt ended, in a few words: the job's ``last_error``, the worker's
-    event lines, ``show`` and ``explain`` all say it this way."""
+    event lines, ``show`` and ``explain`` all say it this way (*wording* chooses the
+    words, not the structure)."""
     if outcome.timed_out:
-        limit = f" after {timeout:g}s" if timeout else ""
-        return f"timed out{limit} (signal {outcome.signal})"
+        limit = f" after {wording.seconds(timeout)}" if timeout else ""
+        return f"timed out{limit} ({wording.signal(outcome.signal)})"
     if outcome.error:
         return outcome.error
     if outcome.signal is not None:
-        return f"killed by signal {outcome.signal}"
-    return f"exit status {outcome.exit_code}"
+        return f"killed by {wording.signal(outcome.signal)}"
+    return wording.exited(outcome.exit_code)
 
 
 class Decision(NamedTuple):
@@ -76,7 +100,7 @@ def decide(job: Job, outcome: Outcome, finished_at: float, jitter: float) -> Dec
     if outcome.error == CANCELLED:
         return Decision("failed", last_error=CANCELLED)
     if outcome.exit_code is not None and outcome.exit_code in job.permanent_exit_codes:
-        return Decision("failed", last_error=f"{reason} (permanent)")
+        return Decision("failed", last_error=reason + PERMANENT)
     failures = job.failures
     if failures >= job.max_attempts:
         return Decision("failed", last_error=reason)

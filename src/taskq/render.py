@@ -17,13 +17,11 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import times
+from . import humanize, times
 from .fields import shell_text
-from .job import Job
-from .policy import describe
+from .job import Attempt, Job
 
 if TYPE_CHECKING:  # rich is imported at run time only on a terminal (start-up time)
     from rich.console import Console
@@ -49,10 +47,17 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, markup=False, emoji=False, highlight=False)
 
 
-def _local(stamp: str | None) -> str:
-    if not stamp:
-        return "-"
-    return datetime.fromtimestamp(times.parse_iso(stamp)).strftime("%Y-%m-%d %H:%M:%S")
+def _moment(stamp: str | None, now: float) -> str:
+    """A record's timestamp for people: local time and how long ago (or from now)."""
+    return humanize.moment(times.parse_iso(stamp), now) if stamp else "-"
+
+
+def _ago(stamp: str | None, now: float) -> str:
+    return humanize.relative(times.parse_iso(stamp), now) if stamp else "-"
+
+
+def _for(seconds: float | None) -> str:
+    return humanize.duration(seconds) if seconds is not None else "?"
 
 
 def _command(job: Job) -> str:
@@ -65,8 +70,9 @@ def _command(job: Job) -> str:
 # -- status ------------------------------------------------------------------------------
 
 
-def status_lines(data: dict[str, Any]) -> list[str]:
-    """The status report as plain lines."""
+def status_lines(data: dict[str, Any], now: float | None = None) -> list[str]:
+    """The status report as plain lines (ages and errors in words, seen from *now*)."""
+    now = times.now() if now is None else now
     c = data["counts"]
     lines = [
         f"spool:     {data['spool']}" + ("  (paused)" if data.get("paused") else ""),
@@ -78,22 +84,23 @@ def status_lines(data: dict[str, Any]) -> list[str]:
         f"failed:    {c['failed']}",
     ]
     if data.get("oldest_ready_age") is not None:
-        lines.append(f"oldest ready job: waiting {times.format_duration(data['oldest_ready_age'])}")
+        lines.append(f"oldest ready job: waiting for {_for(data['oldest_ready_age'])}")
     for r in data.get("running", []):
-        runtime = times.format_duration(r["runtime"]) if r.get("runtime") is not None else "?"
-        lines.append(f"  running {r['id']} {r.get('name') or ''} attempt {r.get('attempt')} for {runtime}"
-                     f" on {r.get('worker')}")
+        lines.append(f"  running {r['id']} {r.get('name') or ''} attempt {r.get('attempt')}"
+                     f" for {_for(r.get('runtime'))} on {r.get('worker')}")
     if data.get("recent_failures"):
         lines.append("latest failures:")
         for f in data["recent_failures"]:
-            lines.append(f"  {f['id']} {f.get('name') or ''}: {f.get('last_error') or '?'}")
+            lines.append(f"  {f['id']} {f.get('name') or ''} failed {_ago(f.get('settled_at'), now)}:"
+                         f" {humanize.error(f.get('last_error')) or '?'}")
     return lines
 
 
-def _status_renderable(data: dict[str, Any]) -> Any:
+def _status_renderable(data: dict[str, Any], now: float | None = None) -> Any:
     from rich.console import Group
     from rich.table import Table
 
+    now = times.now() if now is None else now
     c = data["counts"]
     # The spool path is the user's: literal Text, with our "(paused)" styled by style=.
     # A Text title does not get rich's default title style, hence "table.title".
@@ -107,22 +114,22 @@ def _status_renderable(data: dict[str, Any]) -> Any:
                    _text(c["done"], "green"), _text(c["failed"], "red" if c["failed"] else ""))
     parts: list[Any] = [counts]
     if data.get("oldest_ready_age") is not None:
-        parts.append(_text(f"oldest ready job waiting {times.format_duration(data['oldest_ready_age'])}"))
+        parts.append(_text(f"oldest ready job waiting for {_for(data['oldest_ready_age'])}"))
     if data.get("running"):
         t = Table(title="running", title_justify="left")
         for col in ("id", "name", "attempt", "runtime", "worker"):
             t.add_column(col)
         for r in data["running"]:
-            runtime = times.format_duration(r["runtime"]) if r.get("runtime") is not None else "?"
-            t.add_row(_text(r["id"]), _text(r.get("name")), _text(r.get("attempt")), _text(runtime),
+            t.add_row(_text(r["id"]), _text(r.get("name")), _text(r.get("attempt")), _text(_for(r.get("runtime"))),
                       _text(r.get("worker")))
         parts.append(t)
     if data.get("recent_failures"):
         t = Table(title="latest failures", title_justify="left")
-        for col in ("id", "name", "last error"):
+        for col in ("id", "name", "last error", "failed"):
             t.add_column(col)
         for f in data["recent_failures"]:
-            t.add_row(_text(f["id"]), _text(f.get("name")), _text(f.get("last_error")))
+            t.add_row(_text(f["id"]), _text(f.get("name")), _text(humanize.error(f.get("last_error"))),
+                      _text(_ago(f.get("settled_at"), now)))
         parts.append(t)
     return Group(*parts)
 
@@ -159,10 +166,12 @@ def watch_status(fetch: Callable[[], dict[str, Any]], interval: float, as_json: 
 # -- list, show --------------------------------------------------------------------------
 
 
-def print_list(jobs: list[Job]) -> None:
+def print_list(jobs: list[Job], now: float | None = None) -> None:
+    """A table of jobs; CREATED says how long ago (``show`` has the date)."""
+    now = times.now() if now is None else now
     header = ("ID", "STATE", "PRIO", "TRIES", "CREATED", "NAME", "COMMAND")
     rows = [
-        (j.id or j.file or "", j.state or "", str(j.priority), str(len(j.attempts)), _local(j.created_at),
+        (j.id or j.file or "", j.state or "", str(j.priority), str(len(j.attempts)), _ago(j.created_at, now),
          j.name or "", _command(j) if j.command else f"({j.last_error})")
         for j in jobs
     ]
@@ -183,7 +192,9 @@ def print_list(jobs: list[Job]) -> None:
     _console().print(table)
 
 
-def job_lines(job: Job) -> list[str]:
+def job_lines(job: Job, now: float | None = None) -> list[str]:
+    """``show``: every field, dates with how long ago, durations and outcomes in words."""
+    now = times.now() if now is None else now
     lines = [
         f"id:           {job.id}",
         f"state:        {job.state}",
@@ -191,11 +202,11 @@ def job_lines(job: Job) -> list[str]:
         f"command:      {_command(job) if job.command else '-'}",
         f"cwd:          {job.cwd}",
         f"priority:     {job.priority}",
-        f"created:      {_local(job.created_at)}",
-        f"run at:       {_local(job.run_at)}",
+        f"created:      {_moment(job.created_at, now)}",
+        f"run at:       {_moment(job.run_at, now)}",
         f"attempts:     {job.failures} of {job.max_attempts} used ({len(job.attempts)} runs in all)",
-        f"timeout:      {times.format_duration(job.timeout) if job.timeout else 'none'}",
-        f"backoff:      {times.format_duration(job.backoff)} doubling to {times.format_duration(job.backoff_max)}",
+        f"timeout:      {humanize.duration(job.timeout) if job.timeout else 'none'}",
+        f"backoff:      {humanize.duration(job.backoff)} doubling to {humanize.duration(job.backoff_max)}",
     ]
     if job.payload is not None:
         text = json.dumps(job.payload, ensure_ascii=False)
@@ -209,13 +220,27 @@ def job_lines(job: Job) -> list[str]:
     if job.permanent_exit_codes != [100]:
         lines.append(f"permanent exit codes: {job.permanent_exit_codes}")
     if job.settled_at:
-        lines.append(f"settled:      {_local(job.settled_at)}")
+        lines.append(f"settled:      {_moment(job.settled_at, now)}")
     if job.last_error:
-        lines.append(f"last error:   {job.last_error}")
+        lines.append(f"last error:   {humanize.error(job.last_error)}")
     for a in job.attempts:
-        outcome = "running" if a.outcome is None else describe(a.outcome, job.timeout)
-        lines.append(f"  attempt {a.number}: {_local(a.started_at)} -> {_local(a.finished_at)} {outcome} [{a.worker}]")
+        lines.append(f"  attempt {a.number}: {_attempt_words(a, job.timeout, now)} [{a.worker}]")
     return lines
+
+
+def _attempt_words(attempt: Attempt, timeout: float | None, now: float) -> str:
+    """``started 2026-12-01 10:00:03 (3 min ago), ran 2.5 s: killed by SIGKILL``."""
+    started = _moment(attempt.started_at, now)
+    try:
+        began = times.parse_iso(attempt.started_at)
+    except ValueError:
+        began = None
+    ended = attempt.outcome
+    if ended is None or attempt.finished_at is None:
+        running = f", running for {humanize.duration(now - began)}" if began is not None else ""
+        return f"started {started}{running}"
+    ran = f", ran {humanize.duration(times.parse_iso(attempt.finished_at) - began)}" if began is not None else ""
+    return f"started {started}{ran}: {humanize.outcome(ended, timeout)}"
 
 
 def print_job(job: Job) -> None:
@@ -258,3 +283,42 @@ class LiveView:
 
     def stop(self) -> None:
         self.live.stop()
+
+
+# -- progress of an operation over many jobs -------------------------------------------------
+
+
+class ProgressBar:
+    """A progress bar on stderr for ``retry --all``, ``purge`` and ``add --batch``/
+    ``--each``: called with (jobs handled, jobs in all) like a :data:`taskq.api.Progress`.
+
+    Drawn (and rich imported) only once an operation reaches *minimum* jobs; transient,
+    so it leaves the terminal as it found it. The caller creates it only when stderr
+    is a terminal. *description* is ours, never user text, and is not read as markup.
+    """
+
+    def __init__(self, description: str, minimum: int) -> None:
+        self.description = description
+        self.minimum = minimum
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._progress is None:
+            if total < self.minimum:
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn(self.description, markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=_console(stderr=True), transient=True, redirect_stdout=False, redirect_stderr=False,
+            )
+            self._task = self._progress.add_task(self.description, total=total)
+            self._progress.start()
+        self._progress.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        """Take the bar away (idempotent)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -113,9 +113,9 @@ class Transitions:
 
     # -- producer side -----------------------------------------------------------------
 
-    def enqueue(self, jobs: list[Job]) -> None:
-        """Publish new jobs in pending/, all or nothing."""
-        self.jobs.put_new(jobs)
+    def enqueue(self, jobs: list[Job], progress: Callable[[int, int], None] | None = None) -> None:
+        """Publish new jobs in pending/, all or nothing (*progress*: as each is written)."""
+        self.jobs.put_new(jobs, progress)
         for job in jobs:
             job.state = "pending"
             self._changed(Change("enqueue", job.id, None, "pending", job))

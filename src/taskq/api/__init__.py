@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..config import Config, parse_config, resolve_spool
@@ -25,6 +25,9 @@ from ..spool.jobs import JobStore
 from ..spool.store import Store
 from ..transitions import Transitions
 from . import enqueue
+
+#: A progress report: called with (jobs handled so far, jobs in all) after each job.
+Progress = Callable[[int, int], None]
 
 
 class Spool:
@@ -98,15 +101,19 @@ class Spool:
         )
         return enqueue.add(self, given)
 
-    def add_batch(self, records: Iterable[dict[str, Any]], line_numbers: Sequence[int] | None = None) -> list[Job]:
+    def add_batch(self, records: Iterable[dict[str, Any]], line_numbers: Sequence[int] | None = None,
+                  *, progress: Progress | None = None) -> list[Job]:
         """Enqueue several jobs, all or nothing; return their records in order.
 
         Each record holds job fields (README, "The job record"; durations as seconds
         or DURATION strings; ``delay`` allowed). Every record is validated before
         anything is written; a ValidationError names the record (``line N``: its
         position, or the matching entry of *line_numbers*) and the field.
+        *progress*, if given, is called as each new job is written (made durable),
+        with the count so far and the number of new jobs (duplicates of a unique
+        key are not written); they appear in pending/ together at the end.
         """
-        return enqueue.add_batch(self, list(records), line_numbers)
+        return enqueue.add_batch(self, list(records), line_numbers, progress)
 
     # -- manage ------------------------------------------------------------------------
 
@@ -134,10 +141,13 @@ class Spool:
 
         return manage.retry(self, job_ids)
 
-    def failed_ids(self) -> builtins.list[str]:
-        """Ids of the jobs in failed/ (for ``retry --all``)."""
-        self.require()
-        return sorted(self.jobs.ids("failed"))
+    def failed_ids(self, *, name: str | None = None) -> builtins.list[str]:
+        """Ids of the jobs in failed/ (for ``retry --all``); with *name*, only those of
+        jobs with that name (their files are then read). Raises ValidationError for
+        an empty *name*."""
+        from . import manage  # noqa: PLC0415
+
+        return manage.failed_ids(self, name)
 
     def cancel(self, job_ids: Sequence[str], wait: float = 10.0) -> builtins.list[Job]:
         """Cancel jobs: a pending one goes to failed/ with ``last_error`` "cancelled";
@@ -151,13 +161,22 @@ class Spool:
 
         return manage.cancel(self, job_ids, wait)
 
-    def purge(self, state: str, older_than: float | None = None, now: float | None = None) -> builtins.list[str]:
+    def purge(self, state: str, older_than: float | None = None, now: float | None = None, *,
+              name: str | None = None, dry_run: bool = False,
+              progress: Progress | None = None) -> builtins.list[str]:
         """Delete finished jobs (``done`` or ``failed``) and their logs; with
-        *older_than*, only those settled more than that many seconds ago. Returns
-        the ids deleted."""
+        *older_than*, only those settled more than that many seconds ago; with
+        *name*, only jobs of that name. Returns the ids deleted, sorted.
+
+        *dry_run*: delete nothing, return the ids that would be deleted now (a job
+        being retried at that moment would be skipped by the real purge).
+        *progress*, if given, is called after each candidate file is handled, with
+        the count so far and the number of candidates (files in the state's
+        directory that pass *older_than*).
+        """
         from . import manage  # noqa: PLC0415
 
-        return manage.purge(self, state, older_than, now)
+        return manage.purge(self, state, older_than, now, name=name, dry_run=dry_run, progress=progress)
 
     # -- inspect -----------------------------------------------------------------------
 
@@ -182,12 +201,16 @@ class Spool:
 
         return inspect.status(self, now)
 
-    def explain(self, job_id: str, now: float | None = None) -> dict[str, Any]:
+    def explain(self, job_id: str, now: float | None = None, *, words: bool = False) -> dict[str, Any]:
         """Why the job is where it is: ``{"id", "state", "reason", "until"?}`` with
-        ``reason`` a plain sentence and ``until`` the time it is waiting for, if any."""
+        ``reason`` a plain sentence and ``until`` the time it is waiting for, if any.
+        Times in ``reason`` are local; with *words*, each is followed by how long ago
+        (or from *now*) it is and exit statuses and signals are named in words
+        (``killed by SIGKILL``), as ``taskq explain`` prints it; without, ``reason``
+        quotes ``last_error`` as recorded (``explain --json``)."""
         from .explain import explain  # noqa: PLC0415 - only `taskq explain` needs it
 
-        return explain(self, job_id, now)
+        return explain(self, job_id, now, words)
 
     def wait(self, job_ids: Sequence[str], timeout: float | None = None) -> dict[str, str]:
         """Block until every job is settled (done/ or failed/); return id → state.

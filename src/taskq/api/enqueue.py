@@ -16,7 +16,7 @@ from ..spool import layout, locks
 from ..spool.locks import Lock
 
 if TYPE_CHECKING:
-    from . import Spool
+    from . import Progress, Spool
 
 
 def add(spool: Spool, given: dict[str, Any]) -> Job:
@@ -46,13 +46,14 @@ def record_of(given: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def add_batch(spool: Spool, records: list[Any], line_numbers: Any) -> list[Job]:
+def add_batch(spool: Spool, records: list[Any], line_numbers: Any, progress: Progress | None = None) -> list[Job]:
     """:meth:`taskq.Spool.add_batch`."""
     numbers = list(line_numbers) if line_numbers is not None else list(range(1, len(records) + 1))
-    return _add(spool, records, numbers)
+    return _add(spool, records, numbers, progress)
 
 
-def _add(spool: Spool, records: list[Any], numbers: list[int] | None) -> list[Job]:
+def _add(spool: Spool, records: list[Any], numbers: list[int] | None,
+         progress: Progress | None = None) -> list[Job]:
     spool.store.create()
     config = spool.config
     now = times.now()
@@ -70,7 +71,7 @@ def _add(spool: Spool, records: list[Any], numbers: list[int] | None) -> list[Jo
     limit = config.min_free
     if limit and spool.store.free_bytes() < limit:
         raise DiskFullError(f"spool at {spool.path}: less than {limit} bytes free, nothing enqueued")
-    return _publish(spool, jobs)
+    return _publish(spool, jobs, progress)
 
 
 def _check_ids_and_dependencies(spool: Spool, records: list[Any], jobs: list[Job],
@@ -92,7 +93,7 @@ def _check_ids_and_dependencies(spool: Spool, records: list[Any], jobs: list[Job
                 raise DependencyError(f"{where}--after {dep}: that job has failed")
 
 
-def _publish(spool: Spool, jobs: list[Job]) -> list[Job]:
+def _publish(spool: Spool, jobs: list[Job], progress: Progress | None = None) -> list[Job]:
     """Publish *jobs*, except those whose unique key a live job holds (that job is
     returned in their place, marked as a duplicate)."""
     keys = sorted({job.unique_key for job in jobs if job.unique_key})
@@ -118,7 +119,7 @@ def _publish(spool: Spool, jobs: list[Job]) -> list[Job]:
         for job in fresh:
             if job.unique_key:
                 held[job.unique_key].write(job.id)
-        spool.transitions.enqueue(fresh)
+        spool.transitions.enqueue(fresh, progress)
         return [dataclasses.replace(job, duplicate=True) if dup else job for job, dup in result]
     finally:
         for lock in held.values():

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import times
-from ..errors import JobNotFoundError, StateConflictError, ValidationError
+from ..errors import JobNotFoundError, SpoolError, StateConflictError, ValidationError
 from ..ids import check_id
 from ..job import Job
 from ..spool import layout, locks
@@ -19,7 +19,7 @@ from ..spool.locks import Lock
 from .enqueue import key_holder
 
 if TYPE_CHECKING:
-    from . import Spool
+    from . import Progress, Spool
 
 #: How often ``cancel`` looks whether a running job has settled.
 CANCEL_POLL = 0.05
@@ -31,6 +31,28 @@ def set_paused(spool: Spool, paused: bool) -> bool:
     was = spool.store.is_paused()
     spool.store.set_paused(paused)
     return was
+
+
+def failed_ids(spool: Spool, name: str | None) -> list[str]:
+    """:meth:`taskq.Spool.failed_ids`."""
+    _check_name(name)
+    spool.require()
+    return sorted(job_id for job_id in spool.jobs.ids("failed")
+                  if name is None or _named(spool, "failed", layout.job_file(job_id), name))
+
+
+def _check_name(name: str | None) -> None:
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValidationError("must be a non-empty string", "--name")
+
+
+def _named(spool: Spool, state: str, file: str, name: str) -> bool:
+    """Whether the job in *state*/*file* is named *name*. A name never changes, so
+    this needs no lock; a file that has gone or is not a valid job has no name."""
+    try:
+        return spool.jobs.load(state, file).name == name
+    except (FileNotFoundError, ValidationError, SpoolError):
+        return False
 
 
 def retry(spool: Spool, job_ids: Sequence[str]) -> list[Job]:
@@ -124,15 +146,18 @@ def _stop_leftovers(spool: Spool, owned: Owned) -> None:
             pass
 
 
-def purge(spool: Spool, state: str, older_than: float | None, now: float | None) -> list[str]:
+def purge(spool: Spool, state: str, older_than: float | None, now: float | None, *,
+          name: str | None = None, dry_run: bool = False, progress: Progress | None = None) -> list[str]:
+    """:meth:`taskq.Spool.purge`."""
     if state not in layout.SETTLED:
         raise ValidationError(f"can only purge done or failed jobs, not {state!r}", "--state")
     if older_than is not None and older_than < 0:
         raise ValidationError("must be >= 0", "--older-than")
+    _check_name(name)
     spool.require()
     now = times.now() if now is None else now
-    purged = []
-    for entry in list(spool.store.entries(state)):
+    candidates = []
+    for entry in sorted(spool.store.entries(state), key=lambda e: e.name):
         job_id = layout.stem(entry.name)
         if job_id is None:
             continue
@@ -140,15 +165,30 @@ def purge(spool: Spool, state: str, older_than: float | None, now: float | None)
         # its mtime is the settle time without opening it.
         if older_than is not None and now - mtime_of(entry) < older_than:
             continue
-        owned = spool.jobs.own(job_id, (state, entry.name))
-        if owned is None:
-            continue  # being retried right now, or gone
-        try:
-            spool.transitions.purge(owned)
-            purged.append(job_id)
-        finally:
-            owned.release()
-    if purged:
+        candidates.append((job_id, entry.name))
+    purged = []
+    for done, (job_id, file) in enumerate(candidates, 1):
+        if name is None or _named(spool, state, file, name):
+            if dry_run:
+                purged.append(job_id)
+            elif _purge_one(spool, job_id, state, file):
+                purged.append(job_id)
+        if progress is not None:
+            progress(done, len(candidates))
+    if purged and not dry_run:
         spool.store.sync_dir(state)
         locks.drop_keys(spool.store, set(purged))
     return purged
+
+
+def _purge_one(spool: Spool, job_id: str, state: str, file: str) -> bool:
+    """Delete one settled job and its log; False if it is busy (being retried right
+    now) or gone."""
+    owned = spool.jobs.own(job_id, (state, file))
+    if owned is None:
+        return False
+    try:
+        spool.transitions.purge(owned)
+        return True
+    finally:
+        owned.release()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from .. import times
@@ -144,9 +145,10 @@ class JobStore:
 
     # -- changing ----------------------------------------------------------------------
 
-    def put_new(self, jobs: list[Job]) -> None:
-        """Publish new jobs into pending/, all or nothing (never over an existing file)."""
-        self.store.publish_new([(job.to_bytes(), pending_file(job)) for job in jobs], "pending")
+    def put_new(self, jobs: list[Job], progress: Callable[[int, int], None] | None = None) -> None:
+        """Publish new jobs into pending/, all or nothing (never over an existing file);
+        *progress* is called as each one is staged."""
+        self.store.publish_new([(job.to_bytes(), pending_file(job)) for job in jobs], "pending", progress)
 
     def own(self, job_id: str, where: Where | None = None) -> Owned | None:
         """Take the job's run lock without waiting and find its file (at *where* if

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..errors import NoSpoolError, SpoolError
 from . import layout
@@ -130,15 +130,19 @@ class Store:
         if sync_dir:
             self.sync_dir(state)
 
-    def publish_new(self, files: list[tuple[bytes, str]], state: str) -> None:
+    def publish_new(self, files: list[tuple[bytes, str]], state: str,
+                    progress: Callable[[int, int], None] | None = None) -> None:
         """Publish new files (content, name) into *state*, all or nothing: all are
         staged and fsynced first, then linked into place (link(2) never replaces a
         file, where rename(2) would), then the directory is fsynced once. On any
-        failure, what was linked is taken back."""
+        failure, what was linked is taken back. *progress* is called with (files
+        staged, files in all) after each staging, the slow part (one fsync each)."""
         staged: list[tuple[str, str]] = []
         try:
             for data, name in files:
                 staged.append((self.stage(data), name))
+                if progress is not None:
+                    progress(len(staged), len(files))
             published: list[str] = []
             try:
                 for path, name in staged:
