@@ -7,11 +7,13 @@ worker for "safe while workers run")."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from taskq import times
 from taskq.api.fsck import KINDS, STATE_RANK, Copy, Problem, Report, disagreement, keeper
 from taskq.job import Job, Outcome
 from taskq.spool import locks
+from taskq.spool.fileio import FileIO
 from taskq.spool.jobs import pending_file
 from taskq.spool.layout import parse_pending_name
 from taskq.spool.store import STALE_TMP_AGE
@@ -612,3 +615,85 @@ def test_cli_json_is_plain_json_without_markup(taskq, spool):
     assert data["problems"][0]["path"].endswith("pending/[red]x[bold].json")
     proc = taskq("fsck", check=1, env={"FORCE_COLOR": "1"})
     assert "[red]x[bold]" in proc.stdout and "\x1b" not in proc.stdout
+
+
+# -- faults during a repair --------------------------------------------------------------
+
+
+FAULT_METHODS = ("write_new", "fsync", "fsync_dir", "rename", "link", "unlink", "open_lock", "overwrite")
+
+
+class FaultyIO(FileIO):
+    """Fails the *nth* call of *method* with EIO (0: never); counts every call."""
+
+    def __init__(self, method: str = "", nth: int = 0) -> None:
+        self.method, self.nth = method, nth
+        self.calls: Counter[str] = Counter()
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name not in FAULT_METHODS:
+            return attr
+
+        def call(*args: Any) -> Any:
+            self.calls[name] += 1
+            if name == self.method and self.calls[name] == self.nth:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return attr(*args)
+        return call
+
+
+@pytest.fixture(scope="module")
+def broken_template(tmp_path_factory) -> Path:
+    """A spool with one problem of every kind, made once and copied for each fault."""
+    base = tmp_path_factory.mktemp("fsck-faults")
+    api = taskq.Spool(base / "spool")
+    root = Path(api.path)
+    a, b = api.add(["true"], unique_key="ka"), api.add(["true"], unique_key="kb")
+    drain(api)
+    e, f, g = api.add(["true"]), api.add(["true"]), api.add(["true"], priority=2)
+    data = json.loads((root / "done" / f"{a.id}.json").read_text())
+    data["last_error"] = "a different copy"
+    (root / "failed" / f"{a.id}.json").write_text(json.dumps(data))
+    os.rename(root / "pending" / pending_of(root, e.id), root / "running" / f"{e.id}.json")
+    (root / "pending" / pending_of(root, f.id)).write_bytes(b"")
+    (root / "pending" / "junk.json").write_bytes(b"\x00")
+    name = pending_of(root, g.id)
+    os.rename(root / "pending" / name, root / "pending" / ("0999999999." + name.split(".", 1)[1]))
+    (root / "tmp" / "left").write_text("x")
+    make_old(root / "tmp" / "left", 2 * STALE_TMP_AGE)
+    os.remove(root / "done" / f"{b.id}.json")
+    assert len(api.fsck().problems) == 8
+    return root
+
+
+def test_a_fault_in_any_repair_step_loses_no_job_and_a_second_repair_finishes(broken_template, tmp_path):
+    dry = FaultyIO()
+    root = tmp_path / "dry"
+    shutil.copytree(broken_template, root)
+    api = taskq.Spool(root)
+    api.store.io = dry
+    assert api.fsck(repair=True).ok
+    plans = [(m, n) for m in FAULT_METHODS for n in range(1, dry.calls[m] + 1)]
+    assert len(plans) > 30
+    for i, (method, nth) in enumerate(plans):
+        root = tmp_path / f"s{i}"
+        shutil.copytree(broken_template, root)
+        api = taskq.Spool(root)
+        before = ids_everywhere(api) - {"pending/junk.json"}
+        api.store.io = FaultyIO(method, nth)
+        try:
+            report = api.fsck(repair=True)
+        except taskq.SpoolError as exc:  # a fault while checking: the command fails, one line
+            assert "\n" not in str(exc) and str(root) in str(exc)
+        else:
+            for problem in report.problems:
+                assert problem.repaired or "input/output error" in (problem.action or "").lower() \
+                    or "run fsck again" in (problem.action or ""), (method, nth, problem)
+        assert before <= ids_everywhere(api), f"a job was lost after a fault in {method} #{nth}"
+        api.store.io = FileIO()
+        second = api.fsck(repair=True)
+        assert second.ok, (method, nth, second.problems)
+        assert api.fsck().problems == [], (method, nth)
+        assert before <= ids_everywhere(api)
+        assert files(root, "tmp") == [], (method, nth)  # nothing staged is left behind

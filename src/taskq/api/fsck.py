@@ -176,7 +176,6 @@ class _Checker:
         self.now = now
         #: Ids of drop-in files not taken in yet (their ``id`` field): they are jobs.
         self.dropin_ids: set[str] = set()
-        self._tmp_cleaned: set[str] | None = None
 
     def path(self, state: str, name: str) -> str:
         return self.store.path(state, name)
@@ -485,11 +484,11 @@ class _Checker:
 
     def _fix_tmp(self, name: str) -> Callable[[], str]:
         def fix() -> str:
-            if self._tmp_cleaned is None:  # the workers' cleaning, once for all
-                self._tmp_cleaned = set(self.store.clean_tmp(self.now - STALE_TMP_AGE))
-            if name in self._tmp_cleaned or self.store.mtime(layout.TMP, name) is None:
-                return "removed"
-            raise RepairError("cannot remove it")
+            # Judged again by the workers' rule: a file rewritten since is not stale.
+            if name not in dict(self.store.stale_tmp(self.now - STALE_TMP_AGE)):
+                return "already removed"
+            self.store.remove(layout.TMP, name)
+            return "removed"
         return fix
 
     def _key_orphan(self, lock: Lock) -> tuple[str | None, str | None]:
