@@ -379,6 +379,28 @@ def test_duplicates_a_running_copy_in_use_is_left_alone(api, root):
     assert api.get(job.id).state == "done"
 
 
+def test_a_repair_racing_a_worker_defers_to_it(api, root):
+    """A repair judges again when it acts: a file a worker has taken meanwhile is the
+    worker's (resolved); a job whose lock a worker holds is left alone (not repaired)."""
+    job = api.add(["true"], priority=4)
+    name = pending_of(root, job.id)
+    wrong = root / "pending" / ("0999999999." + name.split(".", 1)[1])
+    os.rename(root / "pending" / name, wrong)
+    [problem] = api.fsck().problems
+    assert problem.kind == "misnamed_pending" and problem.fix is not None
+    lock = locks.run_lock(api.store, job.id)  # a worker between its lock and its rename
+    assert lock is not None
+    try:
+        with pytest.raises(taskq.TaskqError, match="in use"):
+            problem.fix()
+        assert wrong.exists()
+    finally:
+        lock.release(remove=True)
+    os.rename(wrong, root / "running" / f"{job.id}.json")  # ... which then claims it
+    assert problem.fix().startswith("already resolved")
+    assert (root / "running" / f"{job.id}.json").exists()
+
+
 def test_stale_tmp_uses_the_workers_rule(api, root):
     api.add(["true"])
     young, old = root / "tmp" / "young", root / "tmp" / "old"

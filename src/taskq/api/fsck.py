@@ -15,6 +15,7 @@ staging file, a key file naming no job, or a log with no job.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,14 @@ KINDS = ("duplicate", "unreadable", "misnamed_pending", "orphan_running", "stale
 #: done/ only ever follows a successful run and nothing leaves it but purge; failed/
 #: is left only by a retry, which would have moved the file away.
 STATE_RANK = {"pending": 0, "running": 1, "failed": 2, "done": 3}
+
+
+#: A repair that finds its job's lock held while the file stays tries this many times,
+#: this many seconds apart (a worker between taking the lock and renaming the file).
+OWN_TRIES = 20
+OWN_WAIT = 0.05
+#: What a repair says when a worker took the file meanwhile, which settles the problem.
+GONE = "already resolved (a worker took the file meanwhile)"
 
 
 class RepairError(TaskqError):
@@ -389,17 +398,25 @@ class _Checker:
 
     # -- repairs of job files ----------------------------------------------------------
 
-    def _own(self, job_id: str, state: str, name: str) -> Owned:
-        owned = self.jobs.own(job_id, (state, name))
-        if owned is None:
-            if self.store.has(state, name):
-                raise RepairError(f"job {job_id} is in use; run fsck again")
-            raise FileNotFoundError(name)
-        return owned
+    def _own(self, job_id: str, state: str, name: str) -> Owned | None:
+        """Own the job at *state*/*name*; None if the file has gone meanwhile (a worker
+        claimed it: a claim files an invalid job in failed/ and runs a valid one under
+        any pending name). A lock held while the file stays is a worker between its
+        lock and its rename, which takes a moment: wait a little for it."""
+        for _ in range(OWN_TRIES):
+            owned = self.jobs.own(job_id, (state, name))
+            if owned is not None:
+                return owned
+            if not self.store.has(state, name):
+                return None
+            time.sleep(OWN_WAIT)
+        raise RepairError(f"job {job_id} is in use; run fsck again")
 
     def _fix_unreadable(self, state: str, name: str, job_id: str) -> Callable[[], str]:
         def fix() -> str:
             owned = self._own(job_id, state, name)
+            if owned is None:
+                return GONE
             try:
                 _, job, why = self._read(state, name)
                 if job is not None:
@@ -419,7 +436,7 @@ class _Checker:
             try:
                 raw, _, why = self._read("pending", name)
             except FileNotFoundError:
-                return "already resolved (a worker took it in)"
+                return GONE
             if isinstance(self._json(raw), dict):
                 return "already resolved"
             mtime = self.store.mtime("pending", name)
@@ -431,7 +448,7 @@ class _Checker:
             try:
                 filed = self.transitions.quarantine(owned, why or "not a JSON object", original=name)
             except FileNotFoundError:
-                return "already resolved (a worker took it in)"
+                return GONE
             finally:
                 owned.release()
             return f"moved to failed/{layout.job_file(filed)}, with the reason beside it"
@@ -440,6 +457,8 @@ class _Checker:
     def _fix_misnamed(self, name: str, entry: PendingName) -> Callable[[], str]:
         def fix() -> str:
             owned = self._own(entry.id, "pending", name)
+            if owned is None:
+                return GONE
             try:
                 _, job, _ = self._read("pending", name)
                 if job is None or disagreement(entry, job) is None:
