@@ -414,6 +414,18 @@ def test_stale_tmp_uses_the_workers_rule(api, root):
     assert young.exists() and not old.exists()
 
 
+def test_a_worker_removes_exactly_what_fsck_reports_as_stale(api, root):
+    api.add(["true"])
+    for name, age in (("young", STALE_TMP_AGE - 120), ("old", STALE_TMP_AGE + 120), ("older", 9 * STALE_TMP_AGE)):
+        (root / "tmp" / name).write_text("x")
+        make_old(root / "tmp" / name, age)
+    reported = sorted(Path(p.path).name for p in api.fsck().problems if p.kind == "stale_tmp")
+    assert reported == ["old", "older"]
+    drain(api)  # a worker cleans tmp/ when it starts
+    assert files(root, "tmp") == ["young"]
+    assert api.fsck().problems == []
+
+
 def test_orphan_key_and_its_repair_free_the_key(api, root):
     api.add(["true"], unique_key="other")
     key = hashlib.sha256(b"nightly").hexdigest()

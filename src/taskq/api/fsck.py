@@ -185,6 +185,8 @@ class _Checker:
         self.now = now
         #: Ids of drop-in files not taken in yet (their ``id`` field): they are jobs.
         self.dropin_ids: set[str] = set()
+        #: Ids the listings showed (a quick answer to "does job X exist?").
+        self.listed: set[str] = set()
 
     def path(self, state: str, name: str) -> str:
         return self.store.path(state, name)
@@ -197,6 +199,7 @@ class _Checker:
     def scan(self) -> list[Problem]:
         names = {state: self.store.names(state) for state in layout.STATES}
         copies = self._places(names)
+        self.listed = set(copies)
         problems, losers = self._check_duplicates(copies)
         problems += self._check_pending([n for n in names["pending"] if ("pending", n) not in losers])
         problems += self._check_running([n for n in names["running"] if ("running", n) not in losers])
@@ -204,7 +207,7 @@ class _Checker:
             problems += self._check_settled(state, [n for n in names[state] if (state, n) not in losers])
         problems += self._check_tmp()
         problems += self._check_keys()
-        problems += self._check_logs(set(copies) | self.dropin_ids)
+        problems += self._check_logs()
         order = {kind: i for i, kind in enumerate(KINDS)}
         return sorted(problems, key=lambda p: order[p.kind])
 
@@ -518,7 +521,7 @@ class _Checker:
             return None, "names no job"
         if not is_id(holder):
             return None, f"names {holder[:60]!r}, which is not a job id"
-        if holder in self.dropin_ids or self.jobs.locate(holder) is not None:
+        if self._exists(holder):
             return holder, None
         return holder, f"names job {holder}, which does not exist"
 
@@ -550,13 +553,17 @@ class _Checker:
             return "removed (the key is free)" if orphan else "already resolved"
         return fix
 
-    def _check_logs(self, known: set[str]) -> list[Problem]:
+    def _exists(self, job_id: str) -> bool:
+        """Whether job *job_id* exists: listed, a drop-in file's id, or found now."""
+        return job_id in self.listed or job_id in self.dropin_ids or self.jobs.locate(job_id) is not None
+
+    def _check_logs(self) -> list[Problem]:
         problems = []
         for name in sorted(self.store.names(layout.LOGS, ".log")):
             stem = layout.stem(name, ".log")
             job_id = stem if is_id(stem) else None
-            if job_id is not None and (job_id in known or self.jobs.locate(job_id) is not None):
-                continue  # (located: it moved while we listed)
+            if job_id is not None and self._exists(job_id):
+                continue
             detail = f"a log of job {job_id}, which does not exist" if job_id else "a log of no job"
             problems.append(self.problem("orphan_log", layout.LOGS, name, job_id, detail, self._fix_log(name, job_id)))
         return problems
