@@ -526,6 +526,8 @@ def test_cli_consistent_spool_exit_0_and_no_problem_line(taskq, spool):
     assert proc.stdout == "" and "consistent" in proc.stderr
     assert fsck_json(taskq, code=0) == {"ok": True, "problems": []}
     assert taskq("fsck", "--repair", check=0).stdout == ""
+    assert taskq("fsck", spool_via="option", check=0).stdout == ""  # taskq fsck --spool DIR
+    assert taskq("--spool", spool, "fsck", spool=None, check=0).stdout == ""
 
 
 def test_cli_no_spool_and_bad_option(taskq, spool):
