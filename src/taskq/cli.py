@@ -612,6 +612,33 @@ def resume(ctx: typer.Context, spool: Optional[str] = SpoolOpt) -> None:
     sys.stderr.write(f"spool {api.path} {'is resumed' if was else 'was not paused'}\n")
 
 
+@app.command()
+def fsck(
+    ctx: typer.Context,
+    spool: Optional[str] = SpoolOpt,
+    repair: bool = typer.Option(False, "--repair", help="Fix what is found (no job is ever deleted)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check the spool's invariants, one line per problem: exit 0 if consistent, 1 if not."""
+    api = _spool(ctx, spool)
+    report = api.fsck(repair=repair)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        for problem in report.problems:
+            sys.stdout.write(problem.line() + "\n")
+        left = sum(1 for p in report.problems if not p.repaired) if repair else len(report.problems)
+        found = len(report.problems)
+        if not found:
+            sys.stderr.write(f"spool {api.path} is consistent\n")
+        elif repair:
+            sys.stderr.write(f"{found} problem{'s' if found != 1 else ''} found, {found - left} repaired"
+                             + (f", {left} remain\n" if left else "\n"))
+        else:
+            sys.stderr.write(f"{found} problem{'s' if found != 1 else ''} found (taskq fsck --repair fixes them)\n")
+    raise typer.Exit(0 if report.ok else 1)
+
+
 # -- entry point -------------------------------------------------------------------------
 
 

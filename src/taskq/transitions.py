@@ -15,7 +15,8 @@ outcome recorded; :meth:`Transitions.recover` finishes the move. ``_commit`` and
 record, a hook, a fencing check or a group commit is added there, once.
 
 The changes: enqueue, claim, start, settle (done / retry / failed), unclaim, recover,
-cancel, retry, fail a dependent, normalise a drop-in file, quarantine, purge.
+cancel, retry, fail a dependent, normalise a drop-in file, quarantine, purge; and the
+repairs of ``fsck``: rename a misnamed pending file, set aside a second copy.
 """
 
 from __future__ import annotations
@@ -309,13 +310,43 @@ class Transitions:
             return Job.from_record(data)  # a complete record, e.g. moved back by hand
         return build(data, now=dropped, default_cwd=default_cwd, defaults=defaults, tasks=tasks)
 
-    def quarantine(self, owned: Owned, why: str, original: str | None = None) -> str:
-        """Move a file that is not a valid job to failed/ with the reason beside it.
-        Returns the id it is filed under."""
+    def quarantine(self, owned: Owned, why: str, original: str | None = None, fresh: bool = False) -> str:
+        """Move a file that is not a valid job to failed/ with the reason beside it
+        (under a fresh id with *fresh*). Returns the id it is filed under."""
         src = owned.origin
-        filed = self.jobs.quarantine(owned, why, original)
+        filed = self.jobs.quarantine(owned, why, original, fresh)
         self._changed(Change("quarantine", filed, src, "failed"))
         return filed
+
+    # -- repairs (fsck) -----------------------------------------------------------------
+
+    def rename(self, owned: Owned, job: Job) -> None:
+        """Give an owned pending file whose name disagrees with its record (*job*) the
+        name the record calls for; the record is authoritative, the name derived."""
+        self._commit("rename", owned, job, "pending")
+
+    def set_aside(self, owned: Owned, job: Job, why: str, now: float) -> str:
+        """File an owned second copy of a job (a valid record) in failed/ as a job of
+        its own: a fresh id, ``last_error`` *why*, and an extra ``set_aside`` field
+        keeping what it was (its id, its file, its own ``last_error``). Returns the new
+        id.
+
+        The file is renamed into failed/ first and rewritten there: a crash in
+        between leaves a copy that cannot run, never a runnable job under a new id.
+        """
+        new = new_id(now)
+        job.extra["set_aside"] = {
+            "id": job.id,
+            "file": layout.place(owned.state, owned.name),
+            "last_error": job.last_error,
+            "at": times.iso(now),
+        }
+        job.id = new
+        self.jobs.move(owned, job, "failed")
+        decision = Decision("failed", last_error=why)
+        self._settle_record(job, decision, now)
+        self._commit("set_aside", owned, job, "failed", decision)
+        return new
 
     # -- user side ---------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ needs. Example::
 
 :class:`Spool` is a facade: enqueueing is :mod:`.enqueue`, managing jobs (pause,
 retry, cancel, purge) :mod:`.manage`, reading them :mod:`.inspect`, :mod:`.explain`
-and :mod:`.waiting`.
+and :mod:`.waiting`, checking and repairing the spool :mod:`.fsck`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import builtins
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, parse_config, resolve_spool
 from ..job import Job
@@ -28,6 +28,9 @@ from . import enqueue
 
 #: A progress report: called with (jobs handled so far, jobs in all) after each job.
 Progress = Callable[[int, int], None]
+
+if TYPE_CHECKING:
+    from .fsck import Report as FsckReport
 
 
 class Spool:
@@ -177,6 +180,23 @@ class Spool:
         from . import manage  # noqa: PLC0415
 
         return manage.purge(self, state, older_than, now, name=name, dry_run=dry_run, progress=progress)
+
+    def fsck(self, repair: bool = False, now: float | None = None) -> FsckReport:
+        """Check the spool's invariants (README, "taskq fsck"): no job in two places,
+        no stale staging file, no job in running/ that nobody runs, no unreadable or
+        empty job file, no unique key or log naming no job, no pending file whose name
+        disagrees with its record. A drop-in file not taken in yet is not a problem.
+
+        Returns a report: ``report.ok``, and ``report.problems``, each with ``kind``,
+        ``message``, ``id`` (or None) and ``path``. With *repair*, each problem is
+        mended (``problem.repaired``, ``problem.action``) and ``ok`` says whether all
+        were; no job is ever deleted (a file that cannot be kept goes to failed/ with
+        its reason). Safe while workers run: a job in use is neither reported nor
+        touched. Raises NoSpoolError if there is no spool.
+        """
+        from .fsck import fsck  # noqa: PLC0415 - only `taskq fsck` needs it
+
+        return fsck(self, repair, now)
 
     # -- inspect -----------------------------------------------------------------------
 

@@ -193,21 +193,43 @@ class JobStore:
         owned.state, owned.name = state, name
         job.state = state
 
-    def quarantine(self, owned: Owned, why: str, original: str | None = None) -> str:
+    def quarantine(self, owned: Owned, why: str, original: str | None = None, fresh: bool = False) -> str:
         """Move a file that is not a valid job to failed/, bytes untouched, with the
-        reason in ``failed/ID.reason`` beside it. Returns the id it is filed under."""
+        reason in ``failed/ID.reason`` beside it. Returns the id it is filed under:
+        the owned id, or a fresh one if failed/ has that id already or *fresh* is set
+        (a second copy of a job that stays elsewhere)."""
         job_id = owned.id
-        if self.store.has("failed", layout.job_file(job_id)):
+        if fresh or self.store.has("failed", layout.job_file(job_id)):
             job_id = new_id()
+        self.write_reason(job_id, why, original or owned.name)
+        try:
+            self.store.move(owned.state, owned.name, "failed", layout.job_file(job_id))
+        except FileNotFoundError:
+            # Gone before we moved it (a drop-in file a worker took in first): the
+            # reason must not stay behind, explaining a file that is not there.
+            self.store.remove("failed", layout.reason_file(job_id))
+            raise
+        owned.state, owned.name = "failed", layout.job_file(job_id)
+        return job_id
+
+    def write_reason(self, job_id: str, why: str, original: str) -> None:
+        """Write ``failed/ID.reason``: why ``failed/ID.json`` is not a valid job, and
+        the name the file had (*original*)."""
         reason = {
             "last_error": f"invalid job file: {why}",
-            "original_name": original or owned.name,
+            "original_name": original,
             "settled_at": times.iso(times.now()),
         }
         self.store.write("failed", layout.reason_file(job_id), json.dumps(reason).encode() + b"\n", tag="reason")
-        self.store.move(owned.state, owned.name, "failed", layout.job_file(job_id))
-        owned.state, owned.name = "failed", layout.job_file(job_id)
-        return job_id
+
+    def has_reason(self, job_id: str) -> bool:
+        """Whether ``failed/ID.reason`` exists (the file beside it was filed as invalid)."""
+        return self.store.has("failed", layout.reason_file(job_id))
+
+    def drop_copy(self, owned: Owned) -> None:
+        """Remove the owned file alone (not the job's log or reason): a byte-identical
+        second copy of a job that stays in another directory."""
+        self.store.remove(owned.state, owned.name)
 
     def delete(self, owned: Owned) -> None:
         """Remove a settled job with its log and reason file. The job file last: if a

@@ -95,17 +95,10 @@ def drop_keys(store: Store, holders: set[str]) -> int:
     """Remove the unique-key files held by *holders* (purged jobs) or by nobody, so
     keys/ does not grow with every distinct key ever used. A key file in use by an
     ``add`` at this moment is left alone. Returns how many were removed."""
-    keys = store.top(layout.KEYS)
-    try:
-        names = os.listdir(keys)
-    except FileNotFoundError:
-        return 0
     removed = 0
-    for name in names:
-        if name.startswith("."):
-            continue
+    for name in key_names(store):
         try:
-            lock = take(store, os.path.join(keys, name), blocking=False)
+            lock = try_key(store, name)
         except SpoolError:
             continue
         if lock is None:
@@ -115,3 +108,19 @@ def drop_keys(store: Store, holders: set[str]) -> int:
         removed += stale
         lock.release(remove=stale)
     return removed
+
+
+def key_names(store: Store) -> list[str]:
+    """The names of the unique-key files (none when keys/ does not exist)."""
+    try:
+        return [name for name in os.listdir(store.top(layout.KEYS)) if not name.startswith(".")]
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise io_error("list", store.top(layout.KEYS), exc) from None
+
+
+def try_key(store: Store, name: str) -> Lock | None:
+    """Take the lock of the key file *name* without waiting; None while an ``add`` or
+    ``retry`` holds it (it is deciding about that key at this moment)."""
+    return take(store, os.path.join(store.top(layout.KEYS), name), blocking=False)

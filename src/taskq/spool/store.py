@@ -21,6 +21,10 @@ from ..errors import NoSpoolError, SpoolError
 from . import layout
 from .fileio import FileIO
 
+#: Staging files older than this (seconds) are left-overs of crashed writers, removed
+#: by workers and reported by ``fsck`` (Maildir's rule for its tmp/).
+STALE_TMP_AGE = 3600.0
+
 
 def io_error(action: str, path: str, exc: OSError) -> SpoolError:
     """A one-line SpoolError naming the path ("disk full" for ENOSPC and EDQUOT)."""
@@ -400,19 +404,33 @@ class Store:
     def remove_log(self, job_id: str) -> None:
         self.remove(layout.LOGS, layout.log_file(job_id))
 
-    def clean_tmp(self, cutoff: float) -> list[str]:
-        """Remove staging files last modified before *cutoff*: left-overs of writers
-        that died between writing and renaming (no live writer takes that long)."""
-        removed = []
+    def stale_tmp(self, cutoff: float) -> list[tuple[str, float]]:
+        """Staging files of tmp/ last modified before *cutoff*, with their mtime: the
+        left-overs of writers that died between writing and renaming (no live writer
+        takes that long). The one rule of what is stale, shared by the workers'
+        cleaning (:meth:`clean_tmp`) and ``fsck``."""
+        stale = []
         try:
             with os.scandir(self.dir(layout.TMP)) as it:
                 for entry in it:
                     try:
-                        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                            self.io.unlink(entry.path)
-                            removed.append(entry.name)
+                        if entry.is_file(follow_symlinks=False):
+                            mtime = entry.stat(follow_symlinks=False).st_mtime
+                            if mtime < cutoff:
+                                stale.append((entry.name, mtime))
                     except OSError:
                         continue
         except OSError:
             pass
+        return stale
+
+    def clean_tmp(self, cutoff: float) -> list[str]:
+        """Remove the staging files :meth:`stale_tmp` finds; return their names."""
+        removed = []
+        for name, _ in self.stale_tmp(cutoff):
+            try:
+                self.io.unlink(self.path(layout.TMP, name))
+            except OSError:
+                continue
+            removed.append(name)
         return removed

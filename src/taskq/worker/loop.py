@@ -28,6 +28,7 @@ from ..api import Spool
 from ..errors import SpoolError, TaskqError, ValidationError
 from ..runner import Control, ProcessRunner, Runner, become_subreaper
 from ..spool.layout import STATES
+from ..spool.store import STALE_TMP_AGE
 from ..stopping import STOP, StopState
 from ..transitions import Claimed
 from ..watch import Watcher
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 
 #: How often running/ is scanned for jobs of dead workers.
 RECOVERY_PERIOD = 5.0
-#: Staging files older than this are left-overs of crashed writers (as in Maildir).
-STALE_TMP_AGE = 3600.0
 TMP_CLEAN_PERIOD = 600.0
 #: How often free space is checked against ``min_free`` (a statfs per loop would cost
 #: a system call per job for a value that changes slowly).
