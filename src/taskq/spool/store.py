@@ -64,14 +64,16 @@ class Store:
         """Create the spool and its six directories (mode 0700) where missing; return
         the paths created (empty for a complete spool). A spool path, or one of its
         directories, that exists but is not a directory is refused (SpoolError)."""
+        missing = [path for path in [self.root] + [self.dir(name) for name in layout.DIRS]
+                   if not os.path.isdir(path)]
+        for path in missing:  # all checked before any is made: a refusal creates nothing
+            if os.path.lexists(path):  # a file, or a dangling symlink
+                raise SpoolError(f"cannot create spool at {self.root}: {path} is not a directory")
         created = []
         try:
-            self._make_parents(self.root)
-            for path in [self.root] + [self.dir(name) for name in layout.DIRS]:
-                if os.path.isdir(path):
-                    continue
-                if os.path.lexists(path):  # a file, or a dangling symlink
-                    raise SpoolError(f"cannot create spool at {self.root}: {path} is not a directory")
+            if missing:
+                self._make_parents(self.root)
+            for path in missing:
                 self.mkdir(path)
                 created.append(path)
         except OSError as exc:
