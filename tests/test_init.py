@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from workerutil import LAYOUT, assert_one_line_error
 
 import taskq as api
 from taskq.errors import NoSpoolError, SpoolError
 from taskq.spool.store import Store
+from workerutil import LAYOUT, assert_one_line_error
 
 
 def mode(path: Path) -> int:
