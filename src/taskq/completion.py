@@ -12,9 +12,11 @@ metavar is ``ID`` or ``ID...`` takes job ids (show, logs, retry, cancel, wait, e
 ``add --after``), ``SHELL`` a shell name, and an argument ``COMMAND`` starts the job's
 own command line (``add``), completed as the shell completes any command line.
 
-The scripts are written here rather than taken from click's ``shell_complete``: that
-machinery runs the whole CLI on every TAB, and typer's version of it is switched off
-in the app (``add_completion=False``) to keep ``taskq add`` starting fast.
+The scripts are written here rather than taken from click's ``shell_complete``
+machinery (typer's ``--install-completion`` is switched off in the app,
+``add_completion=False``): that machinery starts the whole CLI on every TAB, where
+these scripts complete commands and options with no process at all, and run taskq only
+for ids, through a path that reads nothing but directory listings.
 """
 
 from __future__ import annotations
