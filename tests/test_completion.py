@@ -29,8 +29,9 @@ ID_COMMANDS = ("show", "logs", "retry", "cancel", "wait", "explain")
 
 def run_shell(taskq, argv: list[str], env: dict[str, str] | None = None,
               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a shell with the test's environment, the installed taskq first on PATH."""
-    full = taskq.env(env=env) if env is None or "TASKQ_SPOOL" in env else taskq.env(spool=None, env=env)
+    """Run a shell with the test's environment, the installed taskq first on PATH: with
+    *env* None, $TASKQ_SPOOL is the test's spool; else only *env* may set it."""
+    full = taskq.env(env=env) if env is None else taskq.env(spool=None, env=env)
     full["PATH"] = os.path.dirname(taskq.exe) + os.pathsep + full.get("PATH", "/usr/bin:/bin")
     return subprocess.run(argv, capture_output=True, text=True, env=full, cwd=cwd, timeout=60)
 
