@@ -639,6 +639,61 @@ def fsck(
     raise typer.Exit(0 if report.ok else 1)
 
 
+# -- set-up ------------------------------------------------------------------------------
+
+
+@app.command()
+def init(ctx: typer.Context, spool: Optional[str] = SpoolOpt) -> None:
+    """Create an empty spool (every directory, mode 0700); an existing one is fine."""
+    api = _spool(ctx, spool)
+    existed = api.store.exists()
+    created = api.init()
+    if not existed:
+        sys.stderr.write(f"created spool {api.path}\n")
+    elif created:
+        names = ", ".join(os.path.basename(path) + "/" for path in created)
+        sys.stderr.write(f"spool {api.path} exists already; created {names}\n")
+    else:
+        sys.stderr.write(f"spool {api.path} exists already\n")
+
+
+@app.command()
+def config(ctx: typer.Context, spool: Optional[str] = SpoolOpt, as_json: bool = JsonOpt) -> None:
+    """The effective settings (built-in, taskq.toml, task types) and where each comes from."""
+    from .config import spool_origin
+    from .config_report import lines, report
+
+    given = spool if spool is not None else (ctx.obj or {}).get("spool")
+    data = report(_spool(ctx, spool), spool_origin(given))
+    if as_json:
+        _print_json(data)
+    else:
+        sys.stdout.write("\n".join(lines(data)) + "\n")
+
+
+@app.command()
+def completion(
+    ctx: typer.Context,
+    shell: Optional[str] = typer.Argument(None, metavar="SHELL", show_default=False),
+    spool: Optional[str] = SpoolOpt,
+    ids: bool = typer.Option(False, "--ids", hidden=True, help="List job ids (used by the scripts)."),
+) -> None:
+    """Print a completion script for bash, zsh or fish."""
+    from . import completion as comp
+
+    if ids:  # what the scripts run to complete a job id: never an error, never slow
+        if spool is not None:
+            spool = os.path.expanduser(spool)  # as typed on the line being completed
+        found = comp.job_ids(_spool(ctx, spool))
+        sys.stdout.write("".join(job_id + "\n" for job_id in found))
+        return
+    if shell is None:
+        raise ValidationError("missing SHELL (bash, zsh or fish)")
+    from typer.main import get_command
+
+    sys.stdout.write(comp.script(shell, comp.specs(get_command(app))))
+
+
 # -- entry point -------------------------------------------------------------------------
 
 
@@ -646,6 +701,8 @@ def _only(command: str | None) -> None:
     """Register only the command being run: typer builds every registered command's
     parser at each start, which costs ~2 ms per command on the ``add`` path. Help of
     the whole program and unknown commands keep the full set."""
+    if command == "completion":
+        return  # its scripts describe every command
     keep = [c for c in app.registered_commands
             if (c.name or (c.callback.__name__ if c.callback else None)) == command]
     if keep:

@@ -48,6 +48,14 @@ def resolve_spool(path: str | os.PathLike[str] | None) -> str:
     return os.path.abspath(os.fspath(path))
 
 
+def spool_origin(path: str | os.PathLike[str] | None) -> str:
+    """Where :func:`resolve_spool` takes the spool from: ``--spool``, ``$TASKQ_SPOOL``
+    or ``default``."""
+    if path is not None and os.fspath(path) != "":
+        return "--spool"
+    return "$TASKQ_SPOOL" if os.environ.get("TASKQ_SPOOL") else "default"
+
+
 @dataclass
 class Config:
     """Spool-wide settings from ``taskq.toml``, validated once."""
@@ -63,15 +71,7 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
     """Parse and validate ``taskq.toml`` bytes (None = no file). ValidationError names the key."""
     if raw is None:
         return Config()
-    # Imported here: only spools with a taskq.toml pay for it.
-    if sys.version_info >= (3, 11):
-        import tomllib  # noqa: PLC0415
-    else:
-        import tomli as tomllib  # noqa: PLC0415
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ValidationError(f"{where}: invalid TOML: {exc}") from None
+    data = load_toml(raw, where)
     cfg = Config()
     known = {"fsync", "min_free", "kill_grace", "defaults", "tasks", "permanent_exit_codes"}
     for key in data:
@@ -104,6 +104,19 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
             table["cwd"] = os.path.expanduser(table["cwd"])
         cfg.tasks[name] = _fields(table, TASK_FIELDS, f"{where}: [tasks.{name}]")
     return cfg
+
+
+def load_toml(raw: bytes, where: str = "taskq.toml") -> dict[str, Any]:
+    """The TOML document in *raw*, not validated (ValidationError if it is not TOML)."""
+    # Imported here: only spools with a taskq.toml pay for it.
+    if sys.version_info >= (3, 11):
+        import tomllib  # noqa: PLC0415
+    else:
+        import tomli as tomllib  # noqa: PLC0415
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValidationError(f"{where}: invalid TOML: {exc}") from None
 
 
 def _fields(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> dict[str, Any]:

@@ -63,6 +63,13 @@ class Spool:
         """Raise NoSpoolError unless the spool exists."""
         self.store.require()
 
+    def init(self) -> builtins.list[str]:
+        """Create the spool where it is missing: the directory (and its parents) and
+        every state directory, mode 0700, as ``add`` and ``work`` do. Idempotent;
+        returns the directories created (empty: the spool was complete). Raises
+        SpoolError when the path, or one of its directories, is not a directory."""
+        return self.store.create()
+
     # -- enqueue -----------------------------------------------------------------------
 
     def add(

@@ -54,6 +54,9 @@ class Store:
     # -- the spool itself --------------------------------------------------------------
 
     def exists(self) -> bool:
+        """Whether there is a spool here: the one test of it for every command. A spool
+        is a directory with pending/ in it, where producers publish; its other
+        directories may be missing (listed as empty) until ``add`` or ``work`` makes them."""
         return os.path.isdir(self.dir("pending"))
 
     def require(self) -> None:
@@ -61,17 +64,27 @@ class Store:
         if not self.exists():
             raise NoSpoolError(self.root)
 
-    def create(self) -> None:
-        """Create the spool and its six directories (mode 0700) where missing."""
+    def create(self) -> list[str]:
+        """Create the spool and its six directories (mode 0700) where missing; return
+        the paths created (empty for a complete spool). A spool path, or one of its
+        directories, that exists but is not a directory is refused (SpoolError)."""
+        missing = [path for path in [self.root] + [self.dir(name) for name in layout.DIRS]
+                   if not os.path.isdir(path)]
+        for path in missing:  # all checked before any is made: a refusal creates nothing
+            if os.path.lexists(path):  # a file, or a dangling symlink
+                raise SpoolError(f"cannot create spool at {self.root}: {path} is not a directory")
+        created = []
         try:
-            self._make_parents(self.root)
-            for path in [self.root] + [self.dir(name) for name in layout.DIRS]:
-                if not os.path.isdir(path):
-                    self.mkdir(path)
+            if missing:
+                self._make_parents(self.root)
+            for path in missing:
+                self.mkdir(path)
+                created.append(path)
         except OSError as exc:
             raise SpoolError(f"cannot create spool at {self.root}: {exc.strerror}") from None
         if not os.access(self.dir(layout.TMP), os.W_OK):
             raise SpoolError(f"spool at {self.root} is not writable")
+        return created
 
     def mkdir(self, path: str, mode: int = layout.DIR_MODE) -> None:
         """Create a directory; one that exists already is fine."""
@@ -278,7 +291,7 @@ class Store:
                     except OSError:
                         continue
         except FileNotFoundError:
-            raise NoSpoolError(self.root) from None
+            self._missing(state)
         except OSError as exc:
             raise SpoolError(f"cannot list {self.dir(state)}: {exc.strerror}") from None
 
@@ -291,7 +304,8 @@ class Store:
                         if entry.name.endswith(suffix) and not entry.name.startswith(".")
                         and entry.is_file(follow_symlinks=False)]
         except FileNotFoundError:
-            raise NoSpoolError(self.root) from None
+            self._missing(state)
+            return []
         except OSError:  # an entry that cannot be stat'ed: list them one by one
             return [entry.name for entry in self.entries(state, suffix)]
 
@@ -304,6 +318,14 @@ class Store:
             return len([name for name in os.listdir(self.dir(state))
                         if name.endswith(suffix) and not name.startswith(".")])
         except FileNotFoundError:
+            self._missing(state)
+            return 0
+
+    def _missing(self, state: str) -> None:
+        """A listed directory is missing: an empty listing if the spool :meth:`exists`
+        (a producer in another language may have made only tmp/ and pending/), else
+        NoSpoolError."""
+        if not self.exists():
             raise NoSpoolError(self.root) from None
 
     def dir_mtime(self, state: str) -> int:
