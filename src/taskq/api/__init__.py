@@ -17,7 +17,7 @@ from __future__ import annotations
 import builtins
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, parse_config, resolve_spool
 from ..job import Job
@@ -25,6 +25,9 @@ from ..spool.jobs import JobStore
 from ..spool.store import Store
 from ..transitions import Transitions
 from . import enqueue
+
+if TYPE_CHECKING:
+    from ..metrics import Family
 
 
 class Spool:
@@ -181,6 +184,16 @@ class Spool:
         from . import inspect  # noqa: PLC0415 - `taskq add` needs it only for unique keys
 
         return inspect.status(self, now)
+
+    def metrics(self, now: float | None = None) -> builtins.list[Family]:
+        """The spool's metrics (``taskq_jobs{state}``, ``taskq_jobs_ready``,
+        ``_scheduled``, ``_waiting``, ``taskq_oldest_ready_age_seconds``,
+        ``taskq_paused``): the numbers of :meth:`status`, as metric families.
+        ``taskq.metrics.exposition(spool.metrics())`` (import :mod:`taskq.metrics`)
+        is the text ``taskq metrics`` prints. Raises NoSpoolError if there is no spool."""
+        from ..metrics import spool_families  # noqa: PLC0415 - only `taskq metrics` and workers need it
+
+        return spool_families(self.status(now))
 
     def explain(self, job_id: str, now: float | None = None) -> dict[str, Any]:
         """Why the job is where it is: ``{"id", "state", "reason", "until"?}`` with
