@@ -338,6 +338,14 @@ def work(
     burst: bool = typer.Option(False, "--burst", help="Exit once no job is ready and none is running."),
     max_jobs: Optional[int] = typer.Option(None, "--max-jobs", metavar="N", help="Exit after this many jobs."),
     grace: str = typer.Option("30s", "--grace", metavar="DURATION", help="How long a stop waits for running jobs."),
+    metrics_file: Optional[str] = typer.Option(
+        None, "--metrics-file", metavar="PATH",
+        help="Keep PATH current with `taskq metrics` and this worker's counters (node_exporter textfile).",
+    ),
+    metrics_interval: Optional[str] = typer.Option(
+        None, "--metrics-interval", metavar="DURATION",
+        help="How often --metrics-file is rewritten [default: 15s].",
+    ),
 ) -> None:
     """Run jobs until stopped (SIGTERM/SIGINT: finish or return running jobs, exit 0)."""
     from . import times
@@ -345,7 +353,16 @@ def work(
 
     api = _spool(ctx, spool)
     grace_s = times.parse_duration(grace, "--grace")
-    worker = Worker(api, concurrency=concurrency, burst=burst, max_jobs=max_jobs, grace=grace_s)
+    metrics_opts: dict[str, Any] = {}
+    if metrics_interval is not None:
+        if metrics_file is None:
+            raise ValidationError("--metrics-interval goes with --metrics-file")
+        metrics_opts["metrics_interval"] = times.parse_duration(metrics_interval, "--metrics-interval")
+    if metrics_file is not None:
+        if not metrics_file:
+            raise ValidationError("must not be empty", "--metrics-file")
+        metrics_opts["metrics_file"] = metrics_file
+    worker = Worker(api, concurrency=concurrency, burst=burst, max_jobs=max_jobs, grace=grace_s, **metrics_opts)
     view = None
     if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
         from .render import LiveView  # a live panel for people; plain lines when piped
@@ -594,6 +611,14 @@ def explain(
         _print_json(data)
     else:
         sys.stdout.write(f"{data['id']} is {data['state']}: {data['reason']}\n")
+
+
+@app.command()
+def metrics(ctx: typer.Context, spool: Optional[str] = SpoolOpt) -> None:
+    """The spool's numbers in the Prometheus text format (as `status` counts them)."""
+    from .metrics import exposition
+
+    sys.stdout.write(exposition(_spool(ctx, spool).metrics()))
 
 
 @app.command()

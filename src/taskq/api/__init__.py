@@ -30,6 +30,7 @@ from . import enqueue
 Progress = Callable[[int, int], None]
 
 if TYPE_CHECKING:
+    from ..metrics import Family
     from .fsck import Report as FsckReport
 
 
@@ -227,6 +228,16 @@ class Spool:
         from . import inspect  # noqa: PLC0415 - `taskq add` needs it only for unique keys
 
         return inspect.status(self, now)
+
+    def metrics(self, now: float | None = None) -> builtins.list[Family]:
+        """The spool's metrics (``taskq_jobs{state}``, ``taskq_jobs_ready``,
+        ``_scheduled``, ``_waiting``, ``taskq_oldest_ready_age_seconds``,
+        ``taskq_paused``): the numbers of :meth:`status`, as metric families.
+        ``taskq.metrics.exposition(spool.metrics())`` (import :mod:`taskq.metrics`)
+        is the text ``taskq metrics`` prints. Raises NoSpoolError if there is no spool."""
+        from ..metrics import spool_families  # noqa: PLC0415 - only `taskq metrics` and workers need it
+
+        return spool_families(self.status(now))
 
     def explain(self, job_id: str, now: float | None = None, *, words: bool = False) -> dict[str, Any]:
         """Why the job is where it is: ``{"id", "state", "reason", "until"?}`` with

@@ -35,6 +35,7 @@ from ..watch import Watcher
 from .attempt import AttemptRunner, Running
 from .claims import Claims
 from .index import key_to_ts
+from .metrics import DEFAULT_INTERVAL, MetricsFile
 
 if TYPE_CHECKING:
     from ..render import LiveView
@@ -57,7 +58,8 @@ class Worker:
 
     *runner* runs one attempt (default: a process group per attempt, see
     :mod:`taskq.runner`); *view* draws a live panel on a terminal (None: plain event
-    lines on *log*).
+    lines on *log*). With *metrics_file*, that file is kept current every
+    *metrics_interval* seconds (:mod:`.metrics`).
     """
 
     spool: Spool
@@ -69,6 +71,8 @@ class Worker:
     log: TextIO = field(default_factory=lambda: sys.stderr)
     view: LiveView | None = None
     runner: Runner | None = None
+    metrics_file: str | None = None
+    metrics_interval: float = DEFAULT_INTERVAL
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
@@ -77,6 +81,8 @@ class Worker:
             raise ValidationError("must be >= 1", "--max-jobs")
         if not self.grace >= 0:
             raise ValidationError("must be >= 0", "--grace")
+        if not self.metrics_interval > 0:
+            raise ValidationError("must be > 0", "--metrics-interval")
         self.store = self.spool.store
         self.running: dict[str, Running] = {}
         self.started = 0
@@ -95,6 +101,7 @@ class Worker:
         self._last_space_check = -SPACE_CHECK_PERIOD
         self._last_draw = 0.0
         self._stop_deadline: float | None = None
+        self._metrics: MetricsFile | None = None
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -150,6 +157,11 @@ class Worker:
                          for n in range(self.concurrency)]
         for thread in self._threads:
             thread.start()
+        if self.metrics_file is not None:
+            self._metrics = MetricsFile(self.spool, self.metrics_file, self.metrics_interval, self.concurrency,
+                                        lambda: len(self.running), self.event)
+            self._metrics.attach(self.spool.transitions)
+            self._metrics.start()
         self.watcher.add(self.store.dir("pending"), "pending")
         for label in ("done", "failed", "running"):
             self.watcher.add(self.store.dir(label), label, added_only=True)
@@ -186,6 +198,8 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout=SLOT_JOIN)  # after a hard stop an attempt may still be ending
         self._threads = []
+        if self._metrics is not None:
+            self._metrics.stop()  # the last write, with every attempt settled
         if self.view is not None:
             self.view.stop()
         self.watcher.close()
