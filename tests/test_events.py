@@ -752,3 +752,32 @@ def test_status_watch_on_a_terminal(taskq, spool):
     text = out.decode("utf-8", "replace")
     assert "last minute: 1 done, 1 failed" in text
     assert "exit status 4" in text and "bad-job" in text
+
+
+def test_status_watch_without_a_readable_log_still_shows_the_status(taskq, spool):
+    taskq.add("true")
+    (spool / "events.jsonl").unlink()
+    (spool / "events.jsonl").mkdir()
+    proc = taskq.popen("status", "--watch", "--json", "--interval", "0.2")
+    try:
+        first = json.loads(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert first["counts"]["pending"] == 1 and "throughput" not in first
+
+
+def test_a_symlinked_log_is_never_followed(taskq, spool, tmp_path):
+    taskq.add("true")
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text(json.dumps(ev(time.time(), "PLANTED", None, "pending")) + "\n")
+    (spool / "events.jsonl").unlink()
+    (spool / "events.jsonl").symlink_to(elsewhere)
+    read = taskq("events")
+    assert read.returncode == 1 and "symlink" in read.stderr and "PLANTED" not in read.stdout
+    added = taskq("add", "--", "true", check=True)
+    assert "cannot record an event" in added.stderr
+    assert elsewhere.read_text().count("\n") == 1  # nothing written through the link

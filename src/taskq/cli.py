@@ -363,7 +363,12 @@ def status(
     recent = RecentEvents(api)  # the last minute and latest failures, from the event log
 
     def fetch() -> dict[str, Any]:
-        return {**api.status(), **recent.update(times.now())}
+        data = api.status()
+        try:
+            data.update(recent.update(times.now()))
+        except TaskqError:
+            pass  # an unreadable event log costs its figures, not the status
+        return data
 
     try:
         watch_status(fetch, interval, as_json)

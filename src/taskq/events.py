@@ -209,7 +209,9 @@ class EventRecorder:
         self.settings = settings
         self.warn = warn or _to_stderr
         self.worker: str | None = None
-        self.warned = False
+        #: one token, popped by the first warning: list.pop is atomic, so two slot
+        #: threads failing at once still warn once
+        self._warning = [True]
 
     def __call__(self, change: Change) -> None:
         try:
@@ -219,7 +221,13 @@ class EventRecorder:
             max_bytes, keep = self.settings()
             self.log.append(encode(record), max_bytes, keep)
         except Exception as exc:  # noqa: BLE001 - an event must never fail a state change
-            if not self.warned:
-                self.warned = True
+            if self._first_failure():
                 self.warn(f"cannot record an event ({exc}); the state change is made all the same "
                           "(further event errors are not reported)")
+
+    def _first_failure(self) -> bool:
+        try:
+            self._warning.pop()
+        except IndexError:
+            return False
+        return True
