@@ -5,7 +5,7 @@
     fsync = true                 # false trades durability for speed
     min_free = "16MiB"           # free-space guard; 0 disables
     kill_grace = 5               # seconds between SIGTERM and SIGKILL
-    events_max = "64MiB"         # rotate events.jsonl at this size; 0 = never
+    events_max = "64MiB"         # rotate events.jsonl before it grows past this; 0 = never
     events_keep = 4              # rotated files kept: events.jsonl.1 ... .4
 
     [defaults]                   # any job field of taskq.job.DEFAULTABLE
