@@ -175,11 +175,10 @@ def test_metrics_file_counts_settled_attempts_by_outcome(empty_spool, tmp_path):
 def test_attach_keeps_the_observer_already_there(empty_spool, tmp_path):
     seen: list[str] = []
     transitions = taskq_api.Spool(empty_spool).transitions
-    transitions.observe = lambda change: seen.append(change.job_id)
+    transitions.add_observer(lambda change: seen.append(change.job_id))
     mf = metrics_file(empty_spool, tmp_path / "m.prom", [])
     mf.attach(transitions)
-    assert transitions.observe is not None
-    transitions.observe(settle_change("a", "done"))
+    transitions._changed(settle_change("a", "done"))
     assert seen == ["a"]
     assert mf.counts().outcomes["done"] == 1
 

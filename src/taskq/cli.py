@@ -401,9 +401,24 @@ def status(
     if interval <= 0:
         raise ValidationError("must be > 0", "--interval")
     api.require()
+    from . import times
+    from .api.events import RecentEvents
     from .render import watch_status
 
-    watch_status(api.status, interval, as_json)
+    recent = RecentEvents(api)  # the last minute and latest failures, from the event log
+
+    def fetch() -> dict[str, Any]:
+        data = api.status()
+        try:
+            data.update(recent.update(times.now()))
+        except TaskqError:
+            pass  # an unreadable event log costs its figures, not the status
+        return data
+
+    try:
+        watch_status(fetch, interval, as_json)
+    finally:
+        recent.close()
 
 
 @app.command("list")
@@ -468,6 +483,37 @@ def logs(
             follow = False  # one last read: output written just before settling
             continue
         time.sleep(0.2)
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    spool: Optional[str] = SpoolOpt,
+    job_id: Optional[str] = typer.Option(None, "--id", metavar="ID", help="Only this job's events."),
+    since: Optional[str] = typer.Option(
+        None, "--since", metavar="DURATION|DATETIME",
+        help="Only events since then (10m = the last ten minutes).",
+    ),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Then print new events as they come, until interrupted."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The event log: one line per change of a job's state."""
+    from . import times
+    from .events import encode, parse_since
+    from .render import event_line
+
+    api = _spool(ctx, spool)
+    start = parse_since(since, times.now()) if since is not None else None
+    out = sys.stdout.buffer
+    try:
+        for record in api.events(job_id, start, follow):
+            # --json: the line as the log holds it (one json.dumps, the writer's own)
+            out.write(encode(record) if as_json else event_line(record).encode("utf-8", "backslashreplace") + b"\n")
+            if follow:
+                out.flush()
+    except KeyboardInterrupt:
+        pass  # --follow runs until interrupted: that is its normal end (exit 0)
+    out.flush()
 
 
 @app.command()

@@ -5,6 +5,8 @@
     fsync = true                 # false trades durability for speed
     min_free = "16MiB"           # free-space guard; 0 disables
     kill_grace = 5               # seconds between SIGTERM and SIGKILL
+    events_max = "64MiB"         # rotate events.jsonl before it grows past this; 0 = never
+    events_keep = 4              # rotated files kept: events.jsonl.1 ... .4
 
     [defaults]                   # any job field of taskq.job.DEFAULTABLE
     max_attempts = 3
@@ -28,6 +30,10 @@ from .fields import DEFAULTABLE, TASK_FIELDS, shell_command, validate_fields
 
 DEFAULT_MIN_FREE = 16 * 1024 * 1024
 DEFAULT_KILL_GRACE = 5.0
+DEFAULT_EVENTS_MAX = 64 * 1024 * 1024
+DEFAULT_EVENTS_KEEP = 4
+#: More old event files than this is surely a typo (and each is renamed at rotation).
+MAX_EVENTS_KEEP = 1000
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNIT = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -63,6 +69,8 @@ class Config:
     fsync: bool = True
     min_free: int = DEFAULT_MIN_FREE
     kill_grace: float = DEFAULT_KILL_GRACE
+    events_max: int = DEFAULT_EVENTS_MAX
+    events_keep: int = DEFAULT_EVENTS_KEEP
     defaults: dict[str, Any] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -73,7 +81,8 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
         return Config()
     data = load_toml(raw, where)
     cfg = Config()
-    known = {"fsync", "min_free", "kill_grace", "defaults", "tasks", "permanent_exit_codes"}
+    known = {"fsync", "min_free", "kill_grace", "events_max", "events_keep", "defaults", "tasks",
+             "permanent_exit_codes"}
     for key in data:
         if key not in known:
             raise ValidationError(f"{where}: unknown setting {key!r}")
@@ -83,6 +92,14 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
         cfg.fsync = data["fsync"]
     if "min_free" in data:
         cfg.min_free = parse_size(data["min_free"], f"{where}: min_free")
+    if "events_max" in data:
+        cfg.events_max = parse_size(data["events_max"], f"{where}: events_max")
+    if "events_keep" in data:
+        keep = data["events_keep"]
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= MAX_EVENTS_KEEP:
+            raise ValidationError(f"{where}: events_keep must be a whole number from 0 to {MAX_EVENTS_KEEP}, "
+                                  f"not {keep!r}")
+        cfg.events_keep = keep
     if "kill_grace" in data:
         cfg.kill_grace = validate_fields({"backoff": data["kill_grace"]})["backoff"]
     defaults = data.get("defaults", {})

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import humanize, times
@@ -93,7 +94,28 @@ def status_lines(data: dict[str, Any], now: float | None = None) -> list[str]:
         for f in data["recent_failures"]:
             lines.append(f"  {f['id']} {f.get('name') or ''} failed {_ago(f.get('settled_at'), now)}:"
                          f" {humanize.error(f.get('last_error')) or '?'}")
+    if "throughput" in data:  # status --watch: from the event log
+        lines.append(throughput_text(data["throughput"]))
+    if data.get("latest_failures"):
+        lines.append("latest failures in the event log:")
+        for f in data["latest_failures"]:
+            lines.append(f"  {_event_time(f.get('time'))} {failure_text(f)}")
     return lines
+
+
+def throughput_text(t: dict[str, Any]) -> str:
+    """``status --watch``'s throughput line."""
+    window = t.get("window") or 0
+    span = "minute" if window == 60 else times.format_duration(window)
+    return (f"last {span}: {t.get('done', 0)} done, {t.get('failed', 0)} failed, "
+            f"{t.get('retries', 0)} attempts to retry, {t.get('claims', 0)} claimed")
+
+
+def failure_text(f: dict[str, Any]) -> str:
+    """One of ``status --watch``'s latest failures: id, name, attempt, error, fate."""
+    attempt = f" attempt {f['attempt']}" if f.get("attempt") is not None else ""
+    fate = "retry" if f.get("to") == "pending" else "failed"
+    return _oneline(f"{f.get('id')} {f.get('name') or '-'}{attempt}: {f.get('error') or '?'} -> {fate}")
 
 
 def _status_renderable(data: dict[str, Any], now: float | None = None) -> Any:
@@ -131,6 +153,17 @@ def _status_renderable(data: dict[str, Any], now: float | None = None) -> Any:
             t.add_row(_text(f["id"]), _text(f.get("name")), _text(humanize.error(f.get("last_error"))),
                       _text(_ago(f.get("settled_at"), now)))
         parts.append(t)
+    if "throughput" in data:  # status --watch: from the event log
+        parts.append(_text(throughput_text(data["throughput"])))
+    if data.get("latest_failures"):
+        t = Table(title="latest failures in the event log", title_justify="left")
+        for col in ("time", "id", "name", "attempt", "error", "then"):
+            t.add_column(col)
+        for f in data["latest_failures"]:
+            t.add_row(_text(_event_time(f.get("time"))), _text(f.get("id")), _text(f.get("name")),
+                      _text(f.get("attempt")), _text(f.get("error")),
+                      _text("retry" if f.get("to") == "pending" else "failed"))
+        parts.append(t)
     return Group(*parts)
 
 
@@ -161,6 +194,66 @@ def watch_status(fetch: Callable[[], dict[str, Any]], interval: float, as_json: 
             time.sleep(interval)
     except KeyboardInterrupt:
         return
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+def _oneline(text: str) -> str:
+    """*text* with control characters escaped (``\\n``, ``\\x1b``): a name or an
+    error can hold them, and an event line stays one line that cannot drive the
+    terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _event_time(stamp: object) -> str:
+    """An event's time in local time with milliseconds (as written if unreadable)."""
+    try:
+        ts = times.parse_iso(stamp)  # type: ignore[arg-type]
+        return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") + f".{int(ts * 1000) % 1000:03d}"
+    except (ValueError, TypeError, OverflowError, OSError):
+        return str(stamp)
+
+
+def event_words(r: dict[str, Any]) -> str:
+    """What an event means, in a few words."""
+    src, dst, error = r.get("from"), r.get("to"), r.get("error")
+    attempt = f"attempt {r['attempt']}" if r.get("attempt") is not None else ""
+    if dst is None:
+        words = "purged"
+    elif src is None:
+        words = "enqueued"
+    elif src == "pending" and dst == "running":
+        words = f"claimed for {attempt}" if attempt else "claimed"
+    elif src == "failed" and dst == "pending":
+        words = "retried"
+    elif dst == "done":
+        words = f"{attempt} succeeded" if attempt else "done"
+    elif error == "cancelled":
+        words = f"cancelled during {attempt}" if attempt else "cancelled"
+    elif error == "interrupted":
+        words = f"{attempt or 'attempt'} interrupted by the worker's shutdown, not counted"
+    elif error is not None:
+        words = f"{attempt} failed: {error}" if attempt else f"failed: {error}"
+        if dst == "pending":
+            words += "; will retry"
+    elif dst == "pending":
+        words = "put back: its attempt never started"
+    else:
+        words = ""
+    worker = r.get("worker")
+    return words + (f" [{worker}]" if worker else "")
+
+
+def event_line(r: dict[str, Any]) -> str:
+    """``taskq events``' line for people: local time, id, name, from -> to, and what
+    happened. Plain text, one line."""
+    src = r.get("from") or "(new)"
+    dst = r.get("to") or "(deleted)"
+    return _oneline(f"{_event_time(r.get('time'))}  {r.get('id')}  {r.get('name') or '-'}  "
+                    f"{src} -> {dst}  {event_words(r)}")
 
 
 # -- list, show --------------------------------------------------------------------------

@@ -75,12 +75,18 @@ LAZY = frozenset({"claim", "start", "settle", "unclaim", "recover", "fail_depend
 
 
 class Transitions:
-    """The state changes of one spool's jobs. *observe* is told of every change."""
+    """The state changes of one spool's jobs. Each observer (*observe*, then those
+    given to :meth:`add_observer`, in order) is told of every change once it is made;
+    an observer must not raise (the change is done: an observer cannot undo it)."""
 
     def __init__(self, jobs: JobStore, observe: Callable[[Change], None] | None = None) -> None:
         self.jobs = jobs
         self.store = jobs.store
-        self.observe = observe
+        self.observers: list[Callable[[Change], None]] = [observe] if observe is not None else []
+
+    def add_observer(self, observe: Callable[[Change], None]) -> None:
+        """Tell *observe* of every change from now on (after the observers before it)."""
+        self.observers.append(observe)
 
     # -- the one place where a change is written and reported ---------------------------
 
@@ -96,8 +102,8 @@ class Transitions:
         self._changed(Change(kind, job.id, src, state, job, decision))
 
     def _changed(self, change: Change) -> None:
-        if self.observe is not None:
-            self.observe(change)
+        for observe in self.observers:
+            observe(change)
 
     def _take(self, owned: Owned, sync_dir: bool = True) -> Job | None:
         """Bring an owned job into running/ and read it; a file that is not a valid job
@@ -315,7 +321,7 @@ class Transitions:
         (under a fresh id with *fresh*). Returns the id it is filed under."""
         src = owned.origin
         filed = self.jobs.quarantine(owned, why, original, fresh)
-        self._changed(Change("quarantine", filed, src, "failed"))
+        self._changed(Change("quarantine", filed, src, "failed", decision=Decision("failed", last_error=why)))
         return filed
 
     # -- repairs (fsck) -----------------------------------------------------------------

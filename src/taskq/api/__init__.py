@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, parse_config, resolve_spool
+from ..events import EventRecorder
 from ..job import Job
+from ..spool.eventlog import EventLog
 from ..spool.jobs import JobStore
 from ..spool.store import Store
 from ..transitions import Transitions
@@ -47,6 +49,9 @@ class Spool:
         self.store = Store(self.path)
         self.jobs = JobStore(self.store)
         self.transitions = Transitions(self.jobs)
+        #: writes each state change to the event log (a worker sets its ``worker``)
+        self.event_recorder = EventRecorder(EventLog(self.store), self._event_settings)
+        self.transitions.add_observer(self.event_recorder)
         self._config: Config | None = None
 
     def __repr__(self) -> str:
@@ -70,6 +75,9 @@ class Spool:
         returns the directories created (empty: the spool was complete). Raises
         SpoolError when the path, or one of its directories, is not a directory."""
         return self.store.create()
+
+    def _event_settings(self) -> tuple[int, int]:
+        return self.config.events_max, self.config.events_keep
 
     # -- enqueue -----------------------------------------------------------------------
 
@@ -259,6 +267,17 @@ class Spool:
         from .waiting import wait  # noqa: PLC0415 - only `taskq wait` needs it
 
         return wait(self, job_ids, timeout)
+
+    def events(self, job_id: str | None = None, since: float | None = None,
+               follow: bool = False) -> Iterator[dict[str, Any]]:
+        """The event log's records (README, "taskq events"), oldest first: of job
+        *job_id* only, of *since* (epoch seconds) or later only. With *follow*, the
+        iterator then waits for new events and never ends (``tail -F``: it waits for
+        a log that does not exist yet and follows rotation). Raises NoSpoolError, and
+        ValidationError for an invalid id."""
+        from .events import read  # noqa: PLC0415 - only `taskq events` needs it
+
+        return read(self, job_id, since, follow)
 
     def log_path(self, job_id: str) -> str:
         """The path of the job's output log (which exists once it has run)."""

@@ -11,6 +11,8 @@ a file name. Pure: no I/O.
     SPOOL/logs/     ID.log
     SPOOL/keys/     one small file per unique key (sha256 of the key), naming its job
     SPOOL/paused    present while the spool is paused
+    SPOOL/events.jsonl   one JSON line per state change; events.jsonl.1 ... older ones
+    SPOOL/events.lock    taken (flock) by the process that rotates the event log
     SPOOL/taskq.toml
 
 A pending file's name carries all that ordering and readiness need, so a listing
@@ -47,6 +49,9 @@ LOGS = "logs"
 KEYS = "keys"
 PAUSED = "paused"
 CONFIG = "taskq.toml"
+#: The event log (README, "taskq events"); rotated to ``events.jsonl.1``, ``.2``...
+EVENTS = "events.jsonl"
+EVENTS_LOCK = "events.lock"
 
 PRIO_MAX = 999_999_999
 #: Job files larger than this are not read (a hostile or broken file must not exhaust
@@ -113,6 +118,39 @@ def id_in(state: str, name: str) -> str | None:
         parsed = parse_pending_name(name)
         return parsed.id if parsed else None
     return stem(name)
+
+
+# -- the event log -----------------------------------------------------------------------
+
+
+def event_file(generation: int) -> str:
+    """The event log's file of *generation*: 0 is the live ``events.jsonl``, N the
+    N-th older one, ``events.jsonl.N``."""
+    return EVENTS if generation == 0 else f"{EVENTS}.{generation}"
+
+
+def event_generation(name: str) -> int | None:
+    """Which generation of the event log the top-level file *name* is (see
+    :func:`event_file`); None for any other name."""
+    if name == EVENTS:
+        return 0
+    suffix = name[len(EVENTS) + 1:] if name.startswith(EVENTS + ".") else ""
+    if suffix.isascii() and suffix.isdigit() and suffix[0] != "0" and len(suffix) <= 9:
+        return int(suffix)
+    return None
+
+
+def event_rotation(keep: int, existing: list[int]) -> list[tuple[str, str | None]]:
+    """The steps that rotate the event log, given the generations that exist: each
+    file moves one generation up (``events.jsonl`` → ``.1`` → ``.2``...), and the
+    files that would go past *keep* are deleted (a None destination; with *keep* 0,
+    the live file itself). The oldest file first, so that no rename replaces a file
+    that has yet to move."""
+    steps: list[tuple[str, str | None]] = []
+    for generation in sorted(set(existing), reverse=True):
+        target = event_file(generation + 1) if generation + 1 <= keep else None
+        steps.append((event_file(generation), target))
+    return steps
 
 
 # -- pending names -----------------------------------------------------------------------

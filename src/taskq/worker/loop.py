@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, TextIO
 from .. import times
 from ..api import Spool
 from ..errors import SpoolError, TaskqError, ValidationError
+from ..ids import worker_id
 from ..runner import Control, ProcessRunner, Runner, become_subreaper
 from ..spool.layout import STATES
 from ..spool.store import STALE_TMP_AGE
@@ -84,6 +85,9 @@ class Worker:
         if not self.metrics_interval > 0:
             raise ValidationError("must be > 0", "--metrics-interval")
         self.store = self.spool.store
+        # Event lines name this worker; an event it cannot write is said in its log.
+        self.spool.event_recorder.worker = worker_id()
+        self.spool.event_recorder.warn = self.event
         self.running: dict[str, Running] = {}
         self.started = 0
         self._log_lock = threading.Lock()

@@ -75,15 +75,8 @@ class MetricsFile:
             self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
 
     def attach(self, transitions: Transitions) -> None:
-        """Be told of *transitions*' changes, after whatever observer it has already."""
-        previous = transitions.observe
-
-        def observe(change: Change) -> None:
-            if previous is not None:
-                previous(change)
-            self.observe(change)
-
-        transitions.observe = observe
+        """Be told of *transitions*' changes, after the observers it has already."""
+        transitions.add_observer(self.observe)
 
     def counts(self) -> WorkerCounts:
         with self._lock:
