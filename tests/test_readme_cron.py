@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import pytest
 
+from taskq import humanize
 from taskq.job import CANCELLED, INTERRUPTED, WORKER_LOST, build
 from taskq.policy import Outcome, decide, describe
 
@@ -207,7 +208,7 @@ def test_the_lines_under_a_real_cron_daemon(taskq, tmp_path):
 # -- last_error examples -------------------------------------------------------------------
 
 #: How the error texts of taskq begin (policy.describe, runner, transitions).
-ERROR_STARTS = ("exit status", "killed by signal", "timed out after", "cannot start",
+ERROR_STARTS = ("exit status", "exited with status", "killed by", "timed out after", "cannot start",
                 "dependency ", "worker lost", "cancelled", "interrupted")
 
 
@@ -215,7 +216,8 @@ def error_examples() -> list[str]:
     """Every error text the README quotes, in `code` or in "double quotes"."""
     text = README.read_text()
     quoted = re.findall(r"`([^`\n]+)`", text) + re.findall(r'"([^"\n]+)"', text)
-    return sorted({q for q in quoted if q.startswith(ERROR_STARTS)})
+    # "cannot start: …" stands for any of them: the ones with a real reason are checked.
+    return sorted({q for q in quoted if q.startswith(ERROR_STARTS) and not q.endswith("…")})
 
 
 def make_job(**given):
@@ -239,6 +241,16 @@ def written_by_policy(example: str) -> str | None:
         return describe(Outcome(signal=int(m.group(1))))
     if m := re.fullmatch(r"timed out after ([\d.]+)s \(signal (\d+)\)", example):
         return describe(Outcome(timed_out=True, signal=int(m.group(2))), timeout=float(m.group(1)))
+    # The human outputs' wording of the same texts (README, "Human output and --json").
+    if m := re.fullmatch(r"exited with status (\d+)( \(permanent\))?", example):
+        code = int(m.group(1))
+        job = make_job(permanent_exit_codes=[code] if m.group(2) else [code + 1])
+        return humanize.error(decide(job, Outcome(exit_code=code), 1_900_000_001.0, 0.5).last_error)
+    if m := re.fullmatch(r"killed by (SIG[A-Z]+)", example):
+        return humanize.outcome(Outcome(signal=signal.Signals[m.group(1)].value))
+    if m := re.fullmatch(r"timed out after ([\d.]+) s \((SIG[A-Z]+)\)", example):
+        return humanize.outcome(Outcome(timed_out=True, signal=signal.Signals[m.group(2)].value),
+                                timeout=float(m.group(1)))
     if example == CANCELLED:
         return decide(make_job(), Outcome(error=CANCELLED), 1_900_000_001.0, 0.5).last_error
     if example in (WORKER_LOST, INTERRUPTED):
