@@ -5,14 +5,18 @@
 * *read*: bring it into running/ if it is pending (the claim's rename) and load its
   record; a file that is not a valid job is quarantined to failed/ instead;
 * *decide*: a pure rule of :mod:`taskq.policy` (or the user's request: cancel, retry);
-* *commit* (:meth:`Transitions._commit`): write the new record over the file where it
-  is (stage in tmp/, fsync, rename, fsync), then rename it into its new directory, and
-  report the :class:`Change`.
+* *commit* (:meth:`Transitions._commit`): tell the preparers of the :class:`Change`
+  about to be written (they may write files that must exist if the change lands: a
+  hook's marker), write the new record over the file where it is (stage in tmp/,
+  fsync, rename, fsync), then rename it into its new directory, and report the change
+  to the observers.
 
 A crash between the two renames of a commit leaves the job in running/ with its
 outcome recorded; :meth:`Transitions.recover` finishes the move. ``_commit`` and
 ``_changed`` are the one place where a state change is written and reported: an event
-record, a hook, a fencing check or a group commit is added there, once.
+record, a hook, a fencing check or a group commit is added there, once. Observers and
+preparers are added with :meth:`Transitions.subscribe`, each one beside the others
+(:func:`fan_out`).
 
 The changes: enqueue, claim, start, settle (done / retry / failed), unclaim, recover,
 cancel, retry, fail a dependent, normalise a drop-in file, quarantine, purge.
@@ -45,6 +49,28 @@ class Change(NamedTuple):
     dst: str | None
     job: Job | None = None
     decision: Decision | None = None
+    #: How the attempt that this change closed ended (a settle, or a recovery that
+    #: closed an attempt as "worker lost"); None when no attempt ended here.
+    outcome: Outcome | None = None
+
+
+Callback = Callable[[Change], None]
+
+
+def fan_out(*callbacks: Callback | None) -> Callback | None:
+    """One callback that calls each of *callbacks* (None ones left out) in turn; None
+    if there is none. Lets several observers (an event log, hooks) share the engine."""
+    chosen = [c for c in callbacks if c is not None]
+    if not chosen:
+        return None
+    if len(chosen) == 1:
+        return chosen[0]
+
+    def each(change: Change) -> None:
+        for callback in chosen:
+            callback(change)
+
+    return each
 
 
 class Claimed:
@@ -62,22 +88,36 @@ class Claimed:
 
 
 class Transitions:
-    """The state changes of one spool's jobs. *observe* is told of every change."""
+    """The state changes of one spool's jobs. *observe* is told of every change once it
+    is made; *prepare* of every committed change before it is written (see
+    :meth:`subscribe`)."""
 
-    def __init__(self, jobs: JobStore, observe: Callable[[Change], None] | None = None) -> None:
+    def __init__(self, jobs: JobStore, observe: Callback | None = None, prepare: Callback | None = None) -> None:
         self.jobs = jobs
         self.store = jobs.store
         self.observe = observe
+        self.prepare = prepare
+
+    def subscribe(self, observe: Callback | None = None, prepare: Callback | None = None) -> None:
+        """Add an observer (told of each change once it is made) and/or a preparer (told
+        of each change that :meth:`_commit` writes, before anything of it is written: it
+        may write files that must exist if the change lands, and a SpoolError it raises
+        stops the change). Those already there stay, and are told first."""
+        self.observe = fan_out(self.observe, observe)
+        self.prepare = fan_out(self.prepare, prepare)
 
     # -- the one place where a change is written and reported ---------------------------
 
-    def _commit(self, kind: str, owned: Owned, job: Job, state: str, decision: Decision | None = None) -> None:
-        """Write *job* where it is, then move it into *state*."""
-        src = owned.origin
+    def _commit(self, kind: str, owned: Owned, job: Job, state: str, decision: Decision | None = None,
+                outcome: Outcome | None = None) -> None:
+        """Prepare, write *job* where it is, then move it into *state*, and report it."""
+        change = Change(kind, job.id, owned.origin, state, job, decision, outcome)
+        if self.prepare is not None:
+            self.prepare(change)
         self.jobs.save(owned, job)
         self.jobs.move(owned, job, state)
         owned.origin = state
-        self._changed(Change(kind, job.id, src, state, job, decision))
+        self._changed(change)
 
     def _changed(self, change: Change) -> None:
         if self.observe is not None:
@@ -151,7 +191,7 @@ class Transitions:
             job.attempts[-1].close(outcome, now)
             decision = decide(job, outcome, now, jitter)
             self._settle_record(job, decision, now)
-            self._commit("settle", claimed.owned, job, decision.state, decision)
+            self._commit("settle", claimed.owned, job, decision.state, decision, outcome)
             self.jobs.clear_cancel(job.id)
             return decision
         finally:
@@ -201,7 +241,8 @@ class Transitions:
                 return self._recover_unreadable(owned, str(exc), now)
             what, decision = self._recovery(job, now, jitter)
             self._settle_record(job, decision, now)
-            self._commit("recover", owned, job, decision.state, decision)
+            closed = Outcome(error=WORKER_LOST) if what == "worker lost" else None
+            self._commit("recover", owned, job, decision.state, decision, closed)
             return what, decision
         finally:
             lock.release(remove=remove_lock)
