@@ -18,7 +18,7 @@ interrupted by a worker's shutdown are no event (nothing failed). Running hooks 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from .job import CANCELLED, INTERRUPTED
 from .spool import layout
@@ -30,11 +30,20 @@ HOOK_OF = {"success": "on_success", "retry": "on_retry", "failure": "on_failure"
 EVENT_OF_STATE = {state: event for event, state in layout.HOOK_EVENTS.items()}
 
 
-def due(change: Change) -> tuple[str, HookMarker] | None:
-    """The marker (its file name, its content) of the event *change* makes, or None
-    if it makes none."""
-    job, decision = change.job, change.decision
-    if job is None or decision is None or change.dst not in EVENT_OF_STATE:
+class Event(NamedTuple):
+    """An event a change makes: ``success``, ``retry`` or ``failure``, its hook
+    (``on_success``...), and its marker's file name."""
+
+    event: str
+    hook: str
+    marker: str
+
+
+def event_of(change: Change) -> Event | None:
+    """The event *change* makes, or None if it makes none. Cheap: called for every
+    change a worker commits."""
+    job = change.job
+    if job is None or change.decision is None or change.dst not in EVENT_OF_STATE:
         return None
     if change.kind == "fail_dependent":
         attempt: int | None = None
@@ -44,11 +53,20 @@ def due(change: Change) -> tuple[str, HookMarker] | None:
         attempt = len(job.attempts)
     else:
         return None  # claims, returns to pending, user's commands, recovery by a recorded outcome
+    event = EVENT_OF_STATE[change.dst]
+    return Event(event, HOOK_OF[event], layout.hook_file(job.id, attempt))
+
+
+def due(change: Change) -> tuple[str, HookMarker] | None:
+    """The marker (its file name, its content) of the event *change* makes, or None
+    if it makes none."""
+    found = event_of(change)
+    if found is None or change.job is None or change.dst is None:
+        return None
+    job = change.job
     record = job.to_dict()
     record["state"] = change.dst
-    event = EVENT_OF_STATE[change.dst]
-    marker = HookMarker(event, change.dst, len(job.attempts) if attempt is None else attempt, record)
-    return layout.hook_file(job.id, attempt), marker
+    return found.marker, HookMarker(found.event, change.dst, len(job.attempts), record)
 
 
 def environment(marker: HookMarker, spool_path: str, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .. import times
 from ..errors import SpoolError, TaskqError, ValidationError
-from ..hooks import HOOK_OF, due, environment, landed
+from ..hooks import HOOK_OF, Event, due, environment, event_of, landed
 from ..ids import worker_id
 from ..job import INTERRUPTED, Outcome
 from ..policy import describe
@@ -83,18 +83,29 @@ class Hooks:
         name = marker.job.get("name")
         return self.spool.config.hook(name if isinstance(name, str) else None, HOOK_OF[marker.event])
 
+    def _hooked(self, change: Change) -> Event | None:
+        """The event of *change*, if it has a hook."""
+        config = self.spool.config
+        if not (config.hooks or config.task_hooks):
+            return None  # the usual case: no hooks at all, nothing to work out
+        found = event_of(change)
+        if found is None or change.job is None or config.hook(change.job.name, found.hook) is None:
+            return None
+        return found
+
     def prepare(self, change: Change) -> None:
         """Before a change is written: if it makes an event with a hook, write its
         marker (a SpoolError stops the change: its job stays where it was)."""
-        found = due(change)
-        if found is not None and self._command(found[1]) is not None:
+        if self._hooked(change) is not None:
+            found = due(change)
+            assert found is not None
             self.markers.write(found[0], layout.hook_marker(found[1]))
 
     def observe(self, change: Change) -> None:
         """Once a change is made: hand its marker, if any, to the hook threads."""
-        found = due(change)
-        if found is not None and self._command(found[1]) is not None:
-            self.submit(found[0])
+        found = self._hooked(change)
+        if found is not None:
+            self.submit(found.marker)
 
     # -- queueing ----------------------------------------------------------------------
 
