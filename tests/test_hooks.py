@@ -572,3 +572,16 @@ def test_hooks_run_in_the_jobs_cwd_with_the_workers_environment(taskq, empty_spo
     assert run["cwd"] == str(where)
     assert run["env"]["TASKQ_JOB_ID"] == job
     assert run["env"]["TASKQ_TEST_MARK"] == "from the worker"
+
+
+def test_a_hooks_directory_others_can_write_is_refused(taskq, empty_spool):
+    """Markers feed hooks' stdin and environment: hooks/ gets the checks of the other
+    directories: a worker refuses a spool that others could plant files in."""
+    taskq.add("true")
+    (empty_spool / "hooks").mkdir(mode=0o700)
+    os.chmod(empty_spool / "hooks", 0o777)
+    proc = taskq("work", "--burst")
+    assert proc.returncode == 1
+    assert "hooks is writable by others" in proc.stderr
+    os.chmod(empty_spool / "hooks", 0o700)
+    burst(taskq)
