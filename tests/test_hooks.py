@@ -12,6 +12,7 @@ into a directory, one file per run.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -353,6 +354,35 @@ def test_marker_of_a_change_that_never_landed_is_dropped(api, taskq, recorder):
     assert [(r["env"]["TASKQ_EVENT"], r["env"]["TASKQ_ATTEMPT"]) for r in runs] == [("success", "2")]
     assert f"dropped hook on_success of {job.id}: attempt 1 was settled otherwise" in proc.stderr
     assert ls(spool, "hooks") == []
+
+
+def test_a_marker_that_cannot_be_written_stops_the_change_and_recovery_takes_over(api, recorder):
+    """Disk full while writing the marker: the settle fails as any settle that cannot
+    write (SpoolError, the job still in running/ only, its lock released); recovery
+    then closes the attempt as "worker lost", and that event's marker is written."""
+    write_config(Path(api.path), {"on_success": recorder.command(), "on_retry": recorder.command()})
+    job = api.add(["true"], max_attempts=2, backoff=0)
+    hooks = Hooks(api, lambda line: None)
+    api.transitions.subscribe(prepare=hooks.prepare)
+    claimed = _claim_and_start(api)
+    write_new = api.store.io.write_new
+
+    def full(path: str, data: bytes, mode: int, sync: bool) -> None:
+        if os.path.basename(path).startswith("hook."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_new(path, data, mode, sync)
+
+    api.store.io.write_new = full  # type: ignore[method-assign]
+    with pytest.raises(SpoolError, match="disk full"):
+        api.transitions.settle(claimed, Outcome(exit_code=0), times.now(), 0.5)
+    spool = Path(api.path)
+    assert state_of(spool, job.id) == "running" and ls(spool, "hooks") == [] and ls(spool, "tmp") == []
+    api.store.io.write_new = write_new  # type: ignore[method-assign]
+    what, decision = api.transitions.recover(job.id, times.now(), 0.5)
+    assert (what, decision.state) == ("worker lost", "pending")
+    assert ls(spool, "hooks") == [f"{job.id}.attempt-1.json"]
+    marker = layout.parse_hook_marker((spool / "hooks" / f"{job.id}.attempt-1.json").read_bytes())
+    assert (marker.event, marker.job["last_error"]) == ("retry", WORKER_LOST)
 
 
 def test_no_marker_without_a_hook_for_the_event(api, taskq, recorder):
