@@ -385,6 +385,28 @@ def test_a_marker_that_cannot_be_written_stops_the_change_and_recovery_takes_ove
     assert (marker.event, marker.job["last_error"]) == ("retry", WORKER_LOST)
 
 
+def test_markers_are_claimed_by_one_holder_and_a_replaced_one_is_not_removed(api):
+    from taskq.spool.hooks import HookMarkers
+
+    api.add(["true"])  # creates the spool
+    markers = HookMarkers(api.store)
+    assert markers.names() == []  # no hooks/ yet
+    markers.write("abc.attempt-1.json", b"first")
+    (Path(api.path) / "hooks" / ".hidden").write_text("x")
+    assert markers.names() == ["abc.attempt-1.json"]
+    held = markers.claim("abc.attempt-1.json")
+    assert held is not None and held.data == b"first"
+    assert markers.claim("abc.attempt-1.json") is None  # held: nobody else gets it
+    markers.write("abc.attempt-1.json", b"second")  # recovery's own event, under the same name
+    markers.remove(held)
+    held.release()
+    again = markers.claim("abc.attempt-1.json")
+    assert again is not None and again.data == b"second"  # not removed with the old one
+    markers.remove(again)
+    again.release()
+    assert markers.names() == [] and markers.claim("abc.attempt-1.json") is None
+
+
 def test_no_marker_without_a_hook_for_the_event(api, taskq, recorder):
     write_config(Path(api.path), {"on_failure": recorder.command()})
     job = api.add(["true"])

@@ -104,6 +104,13 @@ class HookMarkers:
             raise
 
     def remove(self, held: HeldMarker) -> None:
-        """Remove a marker whose hook has run (while holding its lock). Not fsynced: a
+        """Remove a marker whose hook has run (while holding its lock), unless another
+        marker has replaced it under its name meanwhile (recovery writes the event of
+        an attempt it closes over a marker whose change never landed). Not fsynced: a
         removal lost in a power cut runs the hook again, which at least once allows."""
+        try:
+            if os.stat(self.path(held.name), follow_symlinks=False).st_ino != os.fstat(held.fd).st_ino:
+                return
+        except FileNotFoundError:
+            return
         self.store.remove(layout.HOOKS, held.name)

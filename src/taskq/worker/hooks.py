@@ -66,6 +66,8 @@ class Hooks:
         self._changed = threading.Condition(self._lock)
         #: Markers queued or being handled (so none is queued twice).
         self._busy: set[str] = set()
+        #: Markers submitted again while being handled: queued again once handled.
+        self._again: set[str] = set()
         #: Controls of the hooks running now, by marker.
         self._running: dict[str, Control] = {}
         #: Markers whose change was under way: when to look at them again (monotonic).
@@ -117,7 +119,10 @@ class Hooks:
 
     def submit(self, name: str) -> None:
         with self._lock:
-            if self._closing or name in self._busy:
+            if self._closing:
+                return
+            if name in self._busy:
+                self._again.add(name)  # it may have been rewritten since it was taken
                 return
             self._busy.add(name)
             self._waiting.pop(name, None)
@@ -198,8 +203,13 @@ class Hooks:
                 self.event(f"internal error on hooks/{name}: {exc!r}")
             finally:
                 with self._lock:
-                    self._busy.discard(name)
+                    again = name in self._again and not self._closing
+                    self._again.discard(name)
+                    if not again:  # (queued again, it stays busy: a drain waits for it)
+                        self._busy.discard(name)
                     self._changed.notify_all()
+                if again:
+                    self._queue.put(name)
 
     def _deliver(self, name: str) -> None:
         parsed = layout.parse_hook_file(name)
