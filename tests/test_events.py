@@ -638,7 +638,7 @@ def test_an_observer_is_told_after_the_event_recorder(tmp_path):
     """Observers compose: the event log and any other observer both see each change."""
     api = taskq.Spool(tmp_path / "spool")
     seen: list[tuple] = []
-    api.transitions.add_observer(lambda c: seen.append((c.kind, c.src, c.dst)))
+    api.transitions.subscribe(observe=lambda c: seen.append((c.kind, c.src, c.dst)))
     job = api.add(["true"])
     claimed = api.transitions.claim(pending_entry(api, job.id))
     api.transitions.start(claimed, times.now())

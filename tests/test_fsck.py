@@ -494,7 +494,7 @@ def test_repairs_are_reported_to_the_transitions_observer(api, root):
     os.rename(root / "pending" / name, root / "pending" / ("0999999999." + name.split(".", 1)[1]))
     (root / "pending" / "x.0.json").write_text("")  # a junk drop-in file
     seen: list[Change] = []
-    api.transitions.add_observer(seen.append)
+    api.transitions.subscribe(observe=seen.append)
     shutil.copy(root / "done" / f"{b.id}.json", root / "running" / f"{b.id}.json")
     data = json.loads((root / "running" / f"{b.id}.json").read_text())
     data["last_error"] = "a different copy"

@@ -175,7 +175,7 @@ def test_metrics_file_counts_settled_attempts_by_outcome(empty_spool, tmp_path):
 def test_attach_keeps_the_observer_already_there(empty_spool, tmp_path):
     seen: list[str] = []
     transitions = taskq_api.Spool(empty_spool).transitions
-    transitions.add_observer(lambda change: seen.append(change.job_id))
+    transitions.subscribe(observe=lambda change: seen.append(change.job_id))
     mf = metrics_file(empty_spool, tmp_path / "m.prom", [])
     mf.attach(transitions)
     transitions._changed(settle_change("a", "done"))

@@ -34,7 +34,7 @@ def api(tmp_path: Path) -> taskq.Spool:
 @pytest.fixture
 def changes(api: taskq.Spool) -> list[Change]:
     seen: list[Change] = []
-    api.transitions.add_observer(seen.append)
+    api.transitions.subscribe(observe=seen.append)
     return seen
 
 

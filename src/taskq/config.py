@@ -12,9 +12,14 @@
     max_attempts = 3
     backoff = "30s"
 
+    [hooks]                      # run by workers after a job's events (README, "Hooks")
+    on_failure = "./alert"       # also on_success, on_retry: one /bin/sh -c string each
+    hook_timeout = "60s"
+
     [tasks.nightly-report]       # a task type: `taskq add --name nightly-report`
     command = ["/usr/local/bin/report", "--nightly"]   # or a string, run by /bin/sh -c
     timeout = "1h"
+    on_failure = "./page-oncall" # replaces [hooks] on_failure for this type; "" = none
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ DEFAULT_EVENTS_MAX = 64 * 1024 * 1024
 DEFAULT_EVENTS_KEEP = 4
 #: More old event files than this is surely a typo (and each is renamed at rotation).
 MAX_EVENTS_KEEP = 1000
+DEFAULT_HOOK_TIMEOUT = 60.0
+#: The hooks a ``[hooks]`` or ``[tasks.NAME]`` table may set (README, "Hooks").
+HOOK_KINDS = ("on_success", "on_retry", "on_failure")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNIT = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -73,6 +81,19 @@ class Config:
     events_keep: int = DEFAULT_EVENTS_KEEP
     defaults: dict[str, Any] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Spool-wide hooks (``[hooks]``): kind (``on_failure``...) → shell command.
+    hooks: dict[str, str] = field(default_factory=dict)
+    #: A task type's hooks (hook keys of ``[tasks.NAME]``), kept apart from its job
+    #: fields: they are never copied into job records.
+    task_hooks: dict[str, dict[str, str]] = field(default_factory=dict)
+    hook_timeout: float = DEFAULT_HOOK_TIMEOUT
+
+    def hook(self, job_name: str | None, kind: str) -> str | None:
+        """The command of hook *kind* for a job named *job_name*: its task type's if
+        that sets one (an empty string: none), else the spool-wide one."""
+        task = self.task_hooks.get(job_name) if job_name is not None else None
+        command = task[kind] if task is not None and kind in task else self.hooks.get(kind)
+        return command or None
 
 
 def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
@@ -82,7 +103,7 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
     data = load_toml(raw, where)
     cfg = Config()
     known = {"fsync", "min_free", "kill_grace", "events_max", "events_keep", "defaults", "tasks",
-             "permanent_exit_codes"}
+             "permanent_exit_codes", "hooks"}
     for key in data:
         if key not in known:
             raise ValidationError(f"{where}: unknown setting {key!r}")
@@ -102,6 +123,7 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
         cfg.events_keep = keep
     if "kill_grace" in data:
         cfg.kill_grace = validate_fields({"backoff": data["kill_grace"]})["backoff"]
+    _hooks(data.get("hooks", {}), cfg, where)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         raise ValidationError(f"{where}: [defaults] must be a table")
@@ -115,6 +137,10 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
         if not isinstance(table, dict):
             raise ValidationError(f"{where}: [tasks.{name}] must be a table")
         table = dict(table)
+        hooks = {kind: table.pop(kind) for kind in HOOK_KINDS if kind in table}
+        if hooks:
+            cfg.task_hooks[name] = {kind: _hook_command(value, f"{where}: [tasks.{name}] {kind}")
+                                    for kind, value in hooks.items()}
         if isinstance(table.get("command"), str):
             table["command"] = shell_command(table["command"])
         if "cwd" in table and isinstance(table["cwd"], str):
@@ -136,9 +162,34 @@ def load_toml(raw: bytes, where: str = "taskq.toml") -> dict[str, Any]:
         raise ValidationError(f"{where}: invalid TOML: {exc}") from None
 
 
+def _hooks(table: object, cfg: Config, where: str) -> None:
+    """``[hooks]``: the spool-wide hook commands and ``hook_timeout``."""
+    if not isinstance(table, dict):
+        raise ValidationError(f"{where}: [hooks] must be a table")
+    allowed = (*HOOK_KINDS, "hook_timeout")
+    for key, value in table.items():
+        if key not in allowed:
+            raise ValidationError(f"{where}: [hooks]: unknown key {key!r} (allowed: {', '.join(allowed)})")
+        if key == "hook_timeout":
+            try:
+                cfg.hook_timeout = validate_fields({"timeout": value})["timeout"] or DEFAULT_HOOK_TIMEOUT
+            except ValidationError as exc:
+                raise ValidationError(f"{where}: [hooks] hook_timeout {str(exc).split(': ', 1)[-1]}") from None
+        else:
+            cfg.hooks[key] = _hook_command(value, f"{where}: [hooks] {key}")
+
+
+def _hook_command(value: object, where: str) -> str:
+    if not isinstance(value, str) or "\x00" in value:
+        raise ValidationError(f"{where} must be a string (a command run by /bin/sh -c)")
+    return value
+
+
 def _fields(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> dict[str, Any]:
     for key in table:
         if key not in allowed:
+            if allowed is TASK_FIELDS:
+                allowed = (*allowed, *HOOK_KINDS)  # accepted, and kept apart by the caller
             raise ValidationError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
     try:
         return validate_fields(table)

@@ -1,4 +1,5 @@
-"""Run one attempt of a job as its own process group and report how it ended.
+"""Run one attempt of a job (or a hook, :func:`run_hook`) as its own process group and
+report how it ended.
 
 The command runs without a shell, in a new session (so it is the leader of its own
 process group and a terminal's Ctrl-C reaches only the worker), with:
@@ -116,6 +117,40 @@ def run_attempt(
     if stop_reason in (CANCELLED, INTERRUPTED):
         return Outcome(exit_code=exit_code, signal=sig, error=stop_reason)
     return Outcome(exit_code=exit_code, signal=sig)
+
+
+def run_hook(
+    command: str,
+    cwd: str,
+    env: dict[str, str],
+    record: Any,
+    log_fd: int,
+    lock_fd: int,
+    timeout: float,
+    kill_grace: float,
+    control: Control,
+) -> Outcome:
+    """Run a hook: *command* by ``/bin/sh -c`` in its own session and process group,
+    *record* as JSON on its stdin, its output appended to *log_fd*, the marker's lock
+    descriptor *lock_fd* inherited; stopped like an attempt (timeout, or
+    ``control.interrupt`` when its worker stops). Blocks until its group is gone."""
+    try:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command], cwd=cwd, env=env, stdin=subprocess.PIPE,
+            stdout=log_fd, stderr=log_fd, start_new_session=True, pass_fds=(lock_fd,), close_fds=True,
+        )
+    except OSError as exc:
+        return Outcome(error=f"cannot start: {exc.strerror or exc}")
+    _feed(proc, record)
+    stop_reason = _supervise(proc, timeout, kill_grace, control)
+    code = proc.wait()
+    _stop_group(proc, kill_grace, control)
+    sig = -code if code < 0 else None
+    if stop_reason == TIMEOUT:
+        return Outcome(signal=sig or signal.SIGKILL, timed_out=True)
+    if stop_reason is not None:
+        return Outcome(exit_code=code if code >= 0 else None, signal=sig, error=stop_reason)
+    return Outcome(exit_code=code if code >= 0 else None, signal=sig)
 
 
 def _spawn(job: Job, env: dict[str, str], log_fd: int, lock_fd: int, has_payload: bool) -> subprocess.Popen[Any]:

@@ -5,14 +5,17 @@
 * *read*: bring it into running/ if it is pending (the claim's rename) and load its
   record; a file that is not a valid job is quarantined to failed/ instead;
 * *decide*: a pure rule of :mod:`taskq.policy` (or the user's request: cancel, retry);
-* *commit* (:meth:`Transitions._commit`): write the new record over the file where it
-  is (stage in tmp/, fsync, rename, fsync), then rename it into its new directory, and
-  report the :class:`Change`.
+* *commit* (:meth:`Transitions._commit`): tell the preparers of the :class:`Change`
+  about to be written (they may write files that must exist if the change lands: a
+  hook's marker), write the new record over the file where it is (stage in tmp/,
+  fsync, rename, fsync), then rename it into its new directory, and report the change
+  to the observers.
 
 A crash between the two renames of a commit leaves the job in running/ with its
 outcome recorded; :meth:`Transitions.recover` finishes the move. ``_commit`` and
 ``_changed`` are the one place where a state change is written and reported: an event
-record, a hook, a fencing check or a group commit is added there, once.
+record, a hook, a fencing check or a group commit is added there, once. Observers and
+preparers are added with :meth:`Transitions.subscribe`, each one beside the others.
 
 The changes: enqueue, claim, start, settle (done / retry / failed), unclaim, recover,
 cancel, retry, fail a dependent, normalise a drop-in file, quarantine, purge; and the
@@ -46,6 +49,12 @@ class Change(NamedTuple):
     dst: str | None
     job: Job | None = None
     decision: Decision | None = None
+    #: How the attempt that this change closed ended (a settle, or a recovery that
+    #: closed an attempt as "worker lost"); None when no attempt ended here.
+    outcome: Outcome | None = None
+
+
+Callback = Callable[[Change], None]
 
 
 class Claimed:
@@ -75,31 +84,43 @@ LAZY = frozenset({"claim", "start", "settle", "unclaim", "recover", "fail_depend
 
 
 class Transitions:
-    """The state changes of one spool's jobs. Each observer (*observe*, then those
-    given to :meth:`add_observer`, in order) is told of every change once it is made;
-    an observer must not raise (the change is done: an observer cannot undo it)."""
+    """The state changes of one spool's jobs. Observers are told of every change once it
+    is made, preparers of every committed change before it is written (see
+    :meth:`subscribe`); each in the order they were added."""
 
-    def __init__(self, jobs: JobStore, observe: Callable[[Change], None] | None = None) -> None:
+    def __init__(self, jobs: JobStore, observe: Callback | None = None, prepare: Callback | None = None) -> None:
         self.jobs = jobs
         self.store = jobs.store
-        self.observers: list[Callable[[Change], None]] = [observe] if observe is not None else []
+        self.observers: list[Callback] = [observe] if observe is not None else []
+        self.preparers: list[Callback] = [prepare] if prepare is not None else []
 
-    def add_observer(self, observe: Callable[[Change], None]) -> None:
-        """Tell *observe* of every change from now on (after the observers before it)."""
-        self.observers.append(observe)
+    def subscribe(self, observe: Callback | None = None, prepare: Callback | None = None) -> None:
+        """Add an observer (told of each change once it is made; it must not raise: the
+        change is done) and/or a preparer (told of each change that :meth:`_commit`
+        writes, before anything of it is written: it may write files that must exist if
+        the change lands, and a SpoolError it raises stops the change). Those already
+        there stay, and are told first."""
+        if observe is not None:
+            self.observers.append(observe)
+        if prepare is not None:
+            self.preparers.append(prepare)
 
     # -- the one place where a change is written and reported ---------------------------
 
-    def _commit(self, kind: str, owned: Owned, job: Job, state: str, decision: Decision | None = None) -> None:
-        """Write *job* where it is, then move it into *state*. The record is always
-        fsynced before its name can reach the disk; the directories only for the
-        changes that are not :data:`LAZY` (README, "Durability and speed")."""
-        src = owned.origin
+    def _commit(self, kind: str, owned: Owned, job: Job, state: str, decision: Decision | None = None,
+                outcome: Outcome | None = None) -> None:
+        """Prepare, write *job* where it is, then move it into *state*, and report it.
+        The record is always fsynced before its name can reach the disk; the
+        directories only for the changes that are not :data:`LAZY` (README,
+        "Durability and speed")."""
+        change = Change(kind, job.id, owned.origin, state, job, decision, outcome)
+        for prepare in self.preparers:
+            prepare(change)
         sync_dir = kind not in LAZY
         self.jobs.save(owned, job, sync_dir)
         self.jobs.move(owned, job, state, sync_dir)
         owned.origin = state
-        self._changed(Change(kind, job.id, src, state, job, decision))
+        self._changed(change)
 
     def _changed(self, change: Change) -> None:
         for observe in self.observers:
@@ -173,7 +194,7 @@ class Transitions:
             job.attempts[-1].close(outcome, now)
             decision = decide(job, outcome, now, jitter)
             self._settle_record(job, decision, now)
-            self._commit("settle", claimed.owned, job, decision.state, decision)
+            self._commit("settle", claimed.owned, job, decision.state, decision, outcome)
             self.jobs.clear_cancel(job.id)
             return decision
         finally:
@@ -223,7 +244,8 @@ class Transitions:
                 return self._recover_unreadable(owned, str(exc), now)
             what, decision = self._recovery(job, now, jitter)
             self._settle_record(job, decision, now)
-            self._commit("recover", owned, job, decision.state, decision)
+            closed = Outcome(error=WORKER_LOST) if what == "worker lost" else None
+            self._commit("recover", owned, job, decision.state, decision, closed)
             return what, decision
         finally:
             lock.release(remove=remove_lock)

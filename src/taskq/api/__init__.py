@@ -51,7 +51,7 @@ class Spool:
         self.transitions = Transitions(self.jobs)
         #: writes each state change to the event log (a worker sets its ``worker``)
         self.event_recorder = EventRecorder(EventLog(self.store), self._event_settings)
-        self.transitions.add_observer(self.event_recorder)
+        self.transitions.subscribe(observe=self.event_recorder)
         self._config: Config | None = None
 
     def __repr__(self) -> str:

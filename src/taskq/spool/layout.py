@@ -10,6 +10,7 @@ a file name. Pure: no I/O.
     SPOOL/failed/   ID.json, and ID.reason beside a file that was not a valid job
     SPOOL/logs/     ID.log
     SPOOL/keys/     one small file per unique key (sha256 of the key), naming its job
+    SPOOL/hooks/    ID.attempt-N.json, ID.dependency.json: a hook due (see below)
     SPOOL/paused    present while the spool is paused
     SPOOL/events.jsonl   one JSON line per state change; events.jsonl.1 ... older ones
     SPOOL/events.lock    taken (flock) by the process that rotates the event log
@@ -26,15 +27,24 @@ answers "what is ready, in which order" without opening a file:
 
 Any other ``*.json`` name in pending/ is a drop-in file (README, "Drop-in protocol"):
 a worker gives it an id and its proper name.
+
+A file in hooks/ is a *marker*: a hook of ``taskq.toml`` is due for an event of a job
+(README, "Hooks"). It is written in the commit of the change that makes the event,
+before the job's rename, and removed once the hook has run. Its name says which event:
+``ID.attempt-N.json`` for the end of attempt N (success, retry or failure),
+``ID.dependency.json`` for a job failed because a dependency failed. Its content
+(:func:`hook_marker`) is one JSON object: ``version``, ``event``, ``state`` (the job's
+state after the event), ``attempt``, and ``job``, the record as the change wrote it.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 #: The state directories: a job's state is the one its file is in.
 STATES = ("pending", "running", "done", "failed")
@@ -47,6 +57,7 @@ DIRS = ("tmp", *STATES, "logs")
 TMP = "tmp"
 LOGS = "logs"
 KEYS = "keys"
+HOOKS = "hooks"
 PAUSED = "paused"
 CONFIG = "taskq.toml"
 #: The event log (README, "taskq events"); rotated to ``events.jsonl.1``, ``.2``...
@@ -92,6 +103,60 @@ def reason_file(job_id: str) -> str:
 def log_file(job_id: str) -> str:
     """``logs/ID.log``: the output of every attempt of a job."""
     return job_id + ".log"
+
+
+def hook_file(job_id: str, attempt: int | None) -> str:
+    """``hooks/ID.attempt-N.json`` (the end of attempt N), or ``hooks/ID.dependency.json``
+    (*attempt* None: the job failed because a dependency failed)."""
+    return f"{job_id}.{'dependency' if attempt is None else f'attempt-{attempt}'}{JSON}"
+
+
+_HOOK_RE = re.compile(r"([A-Za-z0-9_-]+)\.(?:attempt-([1-9][0-9]{0,8})|dependency)\.json")
+
+
+def parse_hook_file(name: str) -> tuple[str, int | None] | None:
+    """(job id, attempt number or None) of a marker's name; None for any other name."""
+    m = _HOOK_RE.fullmatch(name)
+    if m is None:
+        return None
+    return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+class HookMarker(NamedTuple):
+    """What a marker in hooks/ says: *event* (``success``, ``retry``, ``failure``) of
+    the job whose record is *job*, the job's *state* after it, the *attempt* whose end
+    it was (for a dependency failure: how many attempts the job had)."""
+
+    event: str
+    state: str
+    attempt: int
+    job: dict[str, Any]
+
+
+HOOK_EVENTS = {"success": "done", "retry": "pending", "failure": "failed"}
+
+
+def hook_marker(marker: HookMarker) -> bytes:
+    """The bytes of a marker file."""
+    data = {"version": 1, "event": marker.event, "state": marker.state, "attempt": marker.attempt,
+            "job": marker.job}
+    return json.dumps(data, ensure_ascii=False).encode() + b"\n"
+
+
+def parse_hook_marker(raw: bytes) -> HookMarker:
+    """Decode a marker file; ValueError saying what is wrong."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ValueError("not a JSON marker") from None
+    if not isinstance(data, dict) or data.get("version") != 1:
+        raise ValueError("not a version 1 marker")
+    event, state, attempt, job = (data.get(k) for k in ("event", "state", "attempt", "job"))
+    if not isinstance(event, str) or not isinstance(state, str) or HOOK_EVENTS.get(event) != state:
+        raise ValueError(f"unknown event {event!r} or state {state!r}")
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0 or not isinstance(job, dict):
+        raise ValueError("bad attempt number or job record")
+    return HookMarker(event, state, attempt, job)
 
 
 def key_file(key: str) -> str:

@@ -109,7 +109,9 @@ class Store:
         another user, writable by group or others, or whose state directories are
         symlinks. A worker runs what it finds here, as its own user."""
         uid = os.geteuid()
-        for path in [self.root] + [self.dir(name) for name in layout.DIRS]:
+        # hooks/ is made when a hook is first due; its markers feed hooks' input.
+        extra = [self.dir(layout.HOOKS)] if os.path.lexists(self.dir(layout.HOOKS)) else []
+        for path in [self.root] + [self.dir(name) for name in layout.DIRS] + extra:
             try:
                 st = os.stat(path) if path == self.root else os.lstat(path)
             except OSError as exc:

@@ -35,6 +35,7 @@ from ..transitions import Claimed
 from ..watch import Watcher
 from .attempt import AttemptRunner, Running
 from .claims import Claims
+from .hooks import Hooks
 from .index import key_to_ts
 from .metrics import DEFAULT_INTERVAL, MetricsFile
 
@@ -95,6 +96,7 @@ class Worker:
         self.stop.wake = self.wake
         self.watcher = Watcher()
         self.claims = Claims(self.spool, self.watcher, self.event)
+        self.hooks = Hooks(self.spool, self.event)
         self._rng = random.Random()
         self._attempts: AttemptRunner | None = None
         self._slots: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
@@ -143,6 +145,7 @@ class Worker:
                 if self.view is not None:
                     self._draw(now)
                 self._wait(self._timeout(now))
+            self._end_hooks()
         finally:
             self.close()
         self.event("worker stopped")
@@ -156,6 +159,9 @@ class Worker:
         if self.runner is None:
             self.runner = ProcessRunner(self.store.root, config.kill_grace)
         self._attempts = AttemptRunner(self.spool.transitions, self.runner, self.event, self._rng)
+        # Before recovery: a job recovered as "worker lost" is an event with hooks too.
+        self.spool.transitions.subscribe(observe=self.hooks.observe, prepare=self.hooks.prepare)
+        self.hooks.start()
         become_subreaper()
         self._threads = [threading.Thread(target=self._slot, daemon=True, name=f"taskq-slot-{n}")
                          for n in range(self.concurrency)]
@@ -196,7 +202,19 @@ class Worker:
             return not (paused or self._disk_low or not self.claims.any_ready(now))
         return True
 
+    def _end_hooks(self) -> None:
+        """Before exiting: run the hooks due (a burst, or ``--max-jobs`` reached); on a
+        stop, give running hooks what is left of the grace period, then stop them."""
+        if not self.stop.requested and self.hooks.drain(self.stop):
+            self.hooks.finish(0.0, self.stop)
+            return
+        now = times.now()
+        if self._stop_deadline is None:
+            self._stop_deadline = now + self.grace
+        self.hooks.finish(self._stop_deadline - now, self.stop)
+
     def close(self) -> None:
+        self.hooks.finish(0.0, self.stop)  # after an error: hooks still running are stopped
         for _ in self._threads:
             self._slots.put(None)
         for thread in self._threads:
@@ -306,6 +324,7 @@ class Worker:
     # -- maintenance -------------------------------------------------------------------
 
     def _periodic(self, now: float) -> None:
+        self.hooks.tick()
         if now - self._last_recovery >= RECOVERY_PERIOD:
             self._recover(now)
             self.claims.retry_later()

@@ -76,7 +76,7 @@ class MetricsFile:
 
     def attach(self, transitions: Transitions) -> None:
         """Be told of *transitions*' changes, after the observers it has already."""
-        transitions.add_observer(self.observe)
+        transitions.subscribe(observe=self.observe)
 
     def counts(self) -> WorkerCounts:
         with self._lock:
