@@ -334,7 +334,7 @@ def test_marker_of_a_change_that_never_landed_is_dropped(api, taskq, recorder):
     api.transitions.subscribe(prepare=hooks.prepare)
     claimed = _claim_and_start(api)
 
-    def failing_save(owned: Any, record: Any) -> None:
+    def failing_save(owned: Any, record: Any, sync_dir: bool = True) -> None:
         raise SpoolError("cannot write: Input/output error")
 
     api.jobs.save = failing_save  # type: ignore[method-assign]
