@@ -6,13 +6,18 @@
     min_free = "16MiB"           # free-space guard; 0 disables
     kill_grace = 5               # seconds between SIGTERM and SIGKILL
 
-    [defaults]                   # any job field of taskq.job.DEFAULTABLE
+    [defaults]                   # any job field of taskq.job.DEFAULTABLE, and log_max
     max_attempts = 3
     backoff = "30s"
+    log_max = "16MiB"            # cap on each attempt's output in its log; 0 = none
 
     [tasks.nightly-report]       # a task type: `taskq add --name nightly-report`
     command = ["/usr/local/bin/report", "--nightly"]   # or a string, run by /bin/sh -c
     timeout = "1h"
+    log_max = "1GiB"
+
+``log_max`` is a setting of the worker, not a field of the job: it is not copied
+into jobs, and a worker reads it (by the job's name) when it starts an attempt.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from typing import Any
 
 from .errors import ValidationError
 from .fields import DEFAULTABLE, TASK_FIELDS, shell_command, validate_fields
+from .logcap import DEFAULT_LOG_MAX
+
+#: The key of ``[defaults]`` and ``[tasks.NAME]`` that is a setting, not a job field.
+LOG_MAX = "log_max"
 
 DEFAULT_MIN_FREE = 16 * 1024 * 1024
 DEFAULT_KILL_GRACE = 5.0
@@ -57,6 +66,16 @@ class Config:
     kill_grace: float = DEFAULT_KILL_GRACE
     defaults: dict[str, Any] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Cap on each attempt's output in a job's log (bytes, 0 = none): ``[defaults]``,
+    #: and per task type (``[tasks.NAME]``).
+    log_max: int = DEFAULT_LOG_MAX
+    task_log_max: dict[str, int] = field(default_factory=dict)
+
+    def log_max_for(self, name: str | None) -> int:
+        """The ``log_max`` of a job named *name*: its task type's, else ``[defaults]``'s."""
+        if name is not None and name in self.task_log_max:
+            return self.task_log_max[name]
+        return self.log_max
 
 
 def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
@@ -90,7 +109,10 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
         raise ValidationError(f"{where}: [defaults] must be a table")
     if "permanent_exit_codes" in data:  # also accepted at top level (README, "taskq.toml")
         defaults = {"permanent_exit_codes": data["permanent_exit_codes"], **defaults}
-    cfg.defaults = _fields(defaults, DEFAULTABLE, f"{where}: [defaults]")
+    defaults = dict(defaults)
+    if LOG_MAX in defaults:
+        cfg.log_max = parse_size(defaults.pop(LOG_MAX), f"{where}: [defaults]: {LOG_MAX}")
+    cfg.defaults = _fields(defaults, (*DEFAULTABLE, LOG_MAX), f"{where}: [defaults]")
     tasks = data.get("tasks", {})
     if not isinstance(tasks, dict):
         raise ValidationError(f"{where}: [tasks] must be a table of tables")
@@ -102,7 +124,9 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
             table["command"] = shell_command(table["command"])
         if "cwd" in table and isinstance(table["cwd"], str):
             table["cwd"] = os.path.expanduser(table["cwd"])
-        cfg.tasks[name] = _fields(table, TASK_FIELDS, f"{where}: [tasks.{name}]")
+        if LOG_MAX in table:
+            cfg.task_log_max[name] = parse_size(table.pop(LOG_MAX), f"{where}: [tasks.{name}]: {LOG_MAX}")
+        cfg.tasks[name] = _fields(table, (*TASK_FIELDS, LOG_MAX), f"{where}: [tasks.{name}]")
     return cfg
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import builtins
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, parse_config, resolve_spool
 from ..job import Job
@@ -25,6 +25,9 @@ from ..spool.jobs import JobStore
 from ..spool.store import Store
 from ..transitions import Transitions
 from . import enqueue
+
+if TYPE_CHECKING:
+    from ..spool.joblog import LogReader
 
 
 class Spool:
@@ -206,6 +209,17 @@ class Spool:
 
     def read_log(self, job_id: str, offset: int = 0) -> bytes:
         """The job's output from byte *offset* on: every attempt, each under its header
-        line (empty before its first run). Raises JobNotFoundError."""
+        line (empty before its first run). Raises JobNotFoundError. While an attempt
+        runs, ``log_max`` may cut the log (the file is replaced by a shorter one):
+        to follow a log, use :meth:`log_reader`, which keeps its place across cuts."""
         self.get(job_id)
         return self.store.read_log(job_id, offset)
+
+    def log_reader(self, job_id: str) -> LogReader:
+        """A reader of the job's log whose ``read()`` returns, each time, what was added
+        since the last call (the whole log the first time), across cuts made by
+        ``log_max``. Raises JobNotFoundError."""
+        from ..spool.joblog import LogReader  # noqa: PLC0415 - only `taskq logs` needs it
+
+        self.get(job_id)
+        return LogReader(self.store, job_id)

@@ -145,7 +145,8 @@ class Worker:
         config = self.spool.config
         if self.runner is None:
             self.runner = ProcessRunner(self.store.root, config.kill_grace)
-        self._attempts = AttemptRunner(self.spool.transitions, self.runner, self.event, self._rng)
+        self._attempts = AttemptRunner(self.spool.transitions, self.runner, self.event, self._rng,
+                                       config.log_max_for)
         become_subreaper()
         self._threads = [threading.Thread(target=self._slot, daemon=True, name=f"taskq-slot-{n}")
                          for n in range(self.concurrency)]
