@@ -209,9 +209,10 @@ class Spool:
 
     def read_log(self, job_id: str, offset: int = 0) -> bytes:
         """The job's output from byte *offset* on: every attempt, each under its header
-        line (empty before its first run). Raises JobNotFoundError. While an attempt
-        runs, ``log_max`` may cut the log (the file is replaced by a shorter one):
-        to follow a log, use :meth:`log_reader`, which keeps its place across cuts."""
+        line (empty before its first run). Raises JobNotFoundError. These are the
+        file's bytes: while an attempt runs, output ``log_max`` dropped may read as NUL
+        bytes (a hole), and a cut replaces the file by a shorter one. To read a running
+        job's log, and to follow one, use :meth:`log_reader`."""
         self.get(job_id)
         return self.store.read_log(job_id, offset)
 
