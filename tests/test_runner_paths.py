@@ -10,6 +10,8 @@ from pathlib import Path
 from taskq import runner, times
 from taskq.job import build
 from taskq.runner import Control, run_attempt
+from taskq.spool.joblog import JobLog
+from taskq.spool.store import Store
 
 
 def script(directory: Path, name: str, text: str) -> Path:
@@ -23,16 +25,17 @@ def script(directory: Path, name: str, text: str) -> Path:
 def run(tmp_path: Path, command: list[str], path_env: str) -> tuple[runner.Outcome, str]:
     job = build({"command": command, "env": {"PATH": path_env}}, now=times.now(), default_cwd=str(tmp_path),
                 defaults={}, tasks={})
-    log = tmp_path / "out.log"
-    log.unlink(missing_ok=True)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    store = Store(tmp_path / "spool")
+    store.create()
+    store.remove_log(job.id)
+    log = JobLog(store, job.id)
     lock = os.open(tmp_path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        outcome = run_attempt(job, 1, str(tmp_path), fd, lock, 1.0, Control())
+        outcome = run_attempt(job, 1, str(tmp_path), log, lock, 1.0, Control())
     finally:
-        os.close(fd)
+        log.close()
         os.close(lock)
-    return outcome, log.read_text()
+    return outcome, Path(store.log_path(job.id)).read_text()
 
 
 def test_a_program_found_once_is_found_again_after_it_moves(tmp_path):

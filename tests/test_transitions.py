@@ -19,6 +19,7 @@ from taskq import times
 from taskq.errors import ValidationError
 from taskq.job import Job, Outcome
 from taskq.runner import Control
+from taskq.spool.joblog import JobLog
 from taskq.spool.layout import parse_pending_name
 from taskq.stopping import StopState
 from taskq.transitions import Change
@@ -50,9 +51,9 @@ class FakeRunner:
         self.by_id = by_id or {}  # slot threads run attempts in any order: outcome per job
         self.ran: list[tuple[str, int]] = []
 
-    def __call__(self, job: Job, attempt: int, log_fd: int, lock_fd: int, control: Control) -> Outcome:
+    def __call__(self, job: Job, attempt: int, log: JobLog, lock_fd: int, control: Control) -> Outcome:
         self.ran.append((job.id, attempt))
-        os.write(log_fd, b"fake output\n")
+        log.write(b"fake output\n")
         if job.id in self.by_id:
             return self.by_id[job.id]
         return self.outcomes.pop(0) if self.outcomes else Outcome(exit_code=0)

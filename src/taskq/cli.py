@@ -471,10 +471,9 @@ def logs(
     from .spool.layout import SETTLED
 
     api = _spool(ctx, spool)
-    pos = 0
+    reader = api.log_reader(job_id)  # keeps its place when log_max cuts the log
     while True:
-        chunk = api.read_log(job_id, pos)
-        pos += len(chunk)
+        chunk = reader.read()
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
         if not follow:

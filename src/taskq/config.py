@@ -8,9 +8,10 @@
     events_max = "64MiB"         # rotate events.jsonl before it grows past this; 0 = never
     events_keep = 4              # rotated files kept: events.jsonl.1 ... .4
 
-    [defaults]                   # any job field of taskq.job.DEFAULTABLE
+    [defaults]                   # any job field of taskq.job.DEFAULTABLE, and log_max
     max_attempts = 3
     backoff = "30s"
+    log_max = "16MiB"            # cap on each attempt's output in its log; 0 = none
 
     [hooks]                      # run by workers after a job's events (README, "Hooks")
     on_failure = "./alert"       # also on_success, on_retry: one /bin/sh -c string each
@@ -20,6 +21,10 @@
     command = ["/usr/local/bin/report", "--nightly"]   # or a string, run by /bin/sh -c
     timeout = "1h"
     on_failure = "./page-oncall" # replaces [hooks] on_failure for this type; "" = none
+    log_max = "1GiB"
+
+``log_max`` is a setting of the worker, not a field of the job: it is not copied
+into jobs, and a worker reads it (by the job's name) when it starts an attempt.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ from typing import Any
 
 from .errors import ValidationError
 from .fields import DEFAULTABLE, TASK_FIELDS, shell_command, validate_fields
+from .logcap import DEFAULT_LOG_MAX
+
+#: The key of ``[defaults]`` and ``[tasks.NAME]`` that is a setting, not a job field.
+LOG_MAX = "log_max"
 
 DEFAULT_MIN_FREE = 16 * 1024 * 1024
 DEFAULT_KILL_GRACE = 5.0
@@ -95,6 +104,17 @@ class Config:
         command = task[kind] if task is not None and kind in task else self.hooks.get(kind)
         return command or None
 
+    #: Cap on each attempt's output in a job's log (bytes, 0 = none): ``[defaults]``,
+    #: and per task type (``[tasks.NAME]``).
+    log_max: int = DEFAULT_LOG_MAX
+    task_log_max: dict[str, int] = field(default_factory=dict)
+
+    def log_max_for(self, name: str | None) -> int:
+        """The ``log_max`` of a job named *name*: its task type's, else ``[defaults]``'s."""
+        if name is not None and name in self.task_log_max:
+            return self.task_log_max[name]
+        return self.log_max
+
 
 def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
     """Parse and validate ``taskq.toml`` bytes (None = no file). ValidationError names the key."""
@@ -129,7 +149,10 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
         raise ValidationError(f"{where}: [defaults] must be a table")
     if "permanent_exit_codes" in data:  # also accepted at top level (README, "taskq.toml")
         defaults = {"permanent_exit_codes": data["permanent_exit_codes"], **defaults}
-    cfg.defaults = _fields(defaults, DEFAULTABLE, f"{where}: [defaults]")
+    defaults = dict(defaults)
+    if LOG_MAX in defaults:
+        cfg.log_max = parse_size(defaults.pop(LOG_MAX), f"{where}: [defaults]: {LOG_MAX}")
+    cfg.defaults = _fields(defaults, (*DEFAULTABLE, LOG_MAX), f"{where}: [defaults]")
     tasks = data.get("tasks", {})
     if not isinstance(tasks, dict):
         raise ValidationError(f"{where}: [tasks] must be a table of tables")
@@ -145,7 +168,9 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
             table["command"] = shell_command(table["command"])
         if "cwd" in table and isinstance(table["cwd"], str):
             table["cwd"] = os.path.expanduser(table["cwd"])
-        cfg.tasks[name] = _fields(table, TASK_FIELDS, f"{where}: [tasks.{name}]")
+        if LOG_MAX in table:
+            cfg.task_log_max[name] = parse_size(table.pop(LOG_MAX), f"{where}: [tasks.{name}]: {LOG_MAX}")
+        cfg.tasks[name] = _fields(table, (*TASK_FIELDS, LOG_MAX), f"{where}: [tasks.{name}]")
     return cfg
 
 

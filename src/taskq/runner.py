@@ -6,9 +6,19 @@ process group and a terminal's Ctrl-C reaches only the worker), with:
 
 * the worker's environment + the job's ``env`` + ``TASKQ_*`` variables;
 * stdin = the payload as JSON through a pipe, or /dev/null;
-* stdout and stderr appended to the job's log (the caller writes the header line);
+* stdout and stderr appended to the job's log (the caller writes the header line):
+  with a ``log_max``, both are one pipe that the thread running the attempt reads
+  while it waits, handing the output to :class:`~taskq.spool.joblog.JobLog`, which
+  caps it; without, the log file itself;
 * the job's run-lock descriptor inherited, so the lock stays held while any process
   of the attempt lives (crash recovery relies on it).
+
+The thread waits on the pipe and on a pidfd of the main process at once (poll(2)), so
+it wakes the moment the process ends or writes. When the main process has ended and
+its group is stopped, the pipe is read to its end, but for :data:`DRAIN_WAIT` seconds
+at most: a process that left the group may hold it open for ever. If the worker dies,
+nothing reads the pipe any more, and a job's next write gets SIGPIPE (or EPIPE): the
+job ends, and is recovered as "worker lost" like any job of a dead worker.
 
 Stopping (timeout, shutdown, cancel): SIGTERM to the group, SIGKILL ``kill_grace``
 seconds later. When the main process exits, whatever it left in its group is stopped
@@ -19,6 +29,7 @@ purpose, with setsid or by daemonising, are out of reach).
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import shutil
@@ -31,9 +42,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .job import CANCELLED, INTERRUPTED, Job, Outcome
+from .spool.joblog import JobLog
 
 POLL = 0.1
 TIMEOUT = "timeout"
+#: Longest wait for the end of the output once the attempt's process group is gone.
+DRAIN_WAIT = 1.0
+#: Bytes read from the output pipe at a time, and the pipe's size asked for (Linux):
+#: a larger pipe lets a job write on while the log is being cut.
+CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20
 
 
 @dataclass
@@ -52,7 +70,7 @@ class Runner(Protocol):
     """Runs one attempt of a job and says how it ended: what a worker calls for each
     attempt (tests give a worker a fake one that starts no process)."""
 
-    def __call__(self, job: Job, attempt: int, log_fd: int, lock_fd: int, control: Control) -> Outcome: ...
+    def __call__(self, job: Job, attempt: int, log: JobLog, lock_fd: int, control: Control) -> Outcome: ...
 
 
 @dataclass
@@ -62,8 +80,8 @@ class ProcessRunner:
     spool_path: str
     kill_grace: float
 
-    def __call__(self, job: Job, attempt: int, log_fd: int, lock_fd: int, control: Control) -> Outcome:
-        return run_attempt(job, attempt, self.spool_path, log_fd, lock_fd, self.kill_grace, control)
+    def __call__(self, job: Job, attempt: int, log: JobLog, lock_fd: int, control: Control) -> Outcome:
+        return run_attempt(job, attempt, self.spool_path, log, lock_fd, self.kill_grace, control)
 
 
 def job_environment(job: Job, attempt: int, spool_path: str, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -84,32 +102,49 @@ def run_attempt(
     job: Job,
     attempt: int,
     spool_path: str,
-    log_fd: int,
+    log: JobLog,
     lock_fd: int,
     kill_grace: float,
     control: Control,
 ) -> Outcome:
-    """Run the job's command once; block until it and its process group are gone."""
+    """Run the job's command once, its output into *log*; block until it and its
+    process group are gone and its output is in the log."""
     if not os.path.isdir(job.cwd):
         return Outcome(error=f"cannot start: working directory {job.cwd} not found")
     has_payload = job.payload is not None
     env = job_environment(job, attempt, spool_path)
+    log.begin_output()
     try:
-        proc = _spawn(job, env, log_fd, lock_fd, has_payload)
-    except FileNotFoundError:
-        return Outcome(error=f"cannot start: command not found: {job.command[0]}")
-    except PermissionError:
-        return Outcome(error=f"cannot start: permission denied: {job.command[0]}")
+        return _run(job, env, log, lock_fd, kill_grace, control, has_payload)
+    finally:
+        log.end_output()
+
+
+def _run(job: Job, env: dict[str, str], log: JobLog, lock_fd: int, kill_grace: float, control: Control,
+         has_payload: bool) -> Outcome:
+    pipe = _output_pipe() if log.capped else None
+    try:
+        proc = _spawn(job, env, log.fd if pipe is None else pipe[1], lock_fd, has_payload)
     except OSError as exc:
-        return Outcome(error=f"cannot start {job.command[0]}: {exc.strerror or exc}")
-    if control.on_spawn is not None:
-        control.on_spawn(proc.pid)
-    if has_payload:
-        _feed(proc, job.payload)
-    stop_reason = _supervise(proc, job.timeout, kill_grace, control)
-    code = proc.wait()
-    # The main process is gone; stop what it left behind in its group.
-    _stop_group(proc, kill_grace, control)
+        if pipe is not None:
+            os.close(pipe[0])
+        return Outcome(error=_cannot_start(job, exc))
+    finally:
+        if pipe is not None:
+            os.close(pipe[1])  # the command has its copy: the pipe ends when it (and its group) close theirs
+    watch = _Watch(proc, None if pipe is None else _Pump(pipe[0], log))
+    try:
+        if control.on_spawn is not None:
+            control.on_spawn(proc.pid)
+        if has_payload:
+            _feed(proc, job.payload)
+        stop_reason = _supervise(proc, watch, job.timeout, kill_grace, control)
+        code = proc.wait()
+        # The main process is gone; stop what it left behind in its group.
+        _stop_group(proc, watch, kill_grace, control)
+        watch.finish(DRAIN_WAIT)
+    finally:
+        watch.close()
     sig = -code if code < 0 else None
     exit_code = code if code >= 0 else None
     if stop_reason == TIMEOUT:
@@ -142,15 +177,167 @@ def run_hook(
     except OSError as exc:
         return Outcome(error=f"cannot start: {exc.strerror or exc}")
     _feed(proc, record)
-    stop_reason = _supervise(proc, timeout, kill_grace, control)
-    code = proc.wait()
-    _stop_group(proc, kill_grace, control)
+    watch = _Watch(proc, None)
+    try:
+        stop_reason = _supervise(proc, watch, timeout, kill_grace, control)
+        code = proc.wait()
+        _stop_group(proc, watch, kill_grace, control)
+    finally:
+        watch.close()
     sig = -code if code < 0 else None
     if stop_reason == TIMEOUT:
         return Outcome(signal=sig or signal.SIGKILL, timed_out=True)
     if stop_reason is not None:
         return Outcome(exit_code=code if code >= 0 else None, signal=sig, error=stop_reason)
     return Outcome(exit_code=code if code >= 0 else None, signal=sig)
+
+
+def _cannot_start(job: Job, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"cannot start: command not found: {job.command[0]}"
+    if isinstance(exc, PermissionError):
+        return f"cannot start: permission denied: {job.command[0]}"
+    return f"cannot start {job.command[0]}: {exc.strerror or exc}"
+
+
+def _output_pipe() -> tuple[int, int]:
+    """A pipe for the command's stdout and stderr (both ends close-on-exec: the
+    command gets its end as 1 and 2 only), as large as the system lets us make it."""
+    r, w = os.pipe()
+    try:
+        import fcntl  # noqa: PLC0415 - only capped logs need it
+
+        fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except OSError:
+        pass  # the default size works, with more wake-ups
+    return r, w
+
+
+_BUFFERS = threading.local()
+
+
+class _Pump:
+    """Copies the attempt's output from the read end of its pipe into the log, in the
+    thread that waits for the attempt (no thread of its own)."""
+
+    def __init__(self, fd: int, log: JobLog) -> None:
+        self.fd = fd
+        self.log = log
+        self.open = True
+        os.set_blocking(fd, False)
+        # One buffer per slot thread, kept: allocating it for every attempt would
+        # cost more than a `true` job's whole output handling.
+        buf = getattr(_BUFFERS, "buf", None)
+        if buf is None:
+            buf = _BUFFERS.buf = bytearray(CHUNK)
+        self._buf: bytearray = buf
+        self._view = memoryview(buf)
+
+    def drain(self, deadline: float) -> bool:
+        """Copy what the pipe holds, until it is empty (True) or *deadline* passes
+        with more to come (False). Closes the pipe at its end."""
+        while self.open:
+            try:
+                n = os.readv(self.fd, [self._buf])
+            except BlockingIOError:
+                return True
+            if n == 0:
+                self.close()
+                return True
+            self.log.write(self._view[:n])
+            if time.monotonic() >= deadline:
+                return False
+        return True
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            os.close(self.fd)
+
+
+class _Watch:
+    """Waits for an attempt: for its main process to end (on a pidfd, where the system
+    has them) and, meanwhile, copies its output (the :class:`_Pump`, if any)."""
+
+    def __init__(self, proc: subprocess.Popen[Any], pump: _Pump | None) -> None:
+        self.proc = proc
+        self.pump = pump
+        self.pidfd: int | None = None
+        try:
+            self.pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            pass  # no pidfd: Popen.wait's polling
+        self._any = select.poll()  # the process's end or output
+        self._out = select.poll()  # output only (a pidfd stays readable once it has ended)
+        if self.pidfd is not None:
+            self._any.register(self.pidfd, select.POLLIN)
+        if pump is not None:
+            self._any.register(pump.fd, select.POLLIN)
+            self._out.register(pump.fd, select.POLLIN)
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to *seconds* for the main process to end (True once it has)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self._piped() and not self._drain(deadline):
+                return self.proc.poll() is not None
+            if self.proc.poll() is not None:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.pidfd is not None:
+                _poll(self._any, left)
+            elif self._piped():
+                # Without a pidfd only output wakes us: the end of a main process whose
+                # pipe a child holds open is then seen within POLL.
+                _poll(self._any, min(left, POLL))
+            else:
+                try:
+                    self.proc.wait(timeout=left)
+                    return True
+                except subprocess.TimeoutExpired:
+                    return False
+
+    def idle(self, seconds: float) -> None:
+        """Let *seconds* pass, copying output meanwhile."""
+        deadline = time.monotonic() + seconds
+        self.finish(seconds)
+        left = deadline - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+
+    def finish(self, seconds: float) -> None:
+        """Copy output until the pipe's end, for *seconds* at most."""
+        deadline = time.monotonic() + seconds
+        while self._piped() and self._drain(deadline) and self._piped():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            _poll(self._out, left)
+
+    def close(self) -> None:
+        if self.pump is not None:
+            self.pump.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def _piped(self) -> bool:
+        return self.pump is not None and self.pump.open
+
+    def _drain(self, deadline: float) -> bool:
+        assert self.pump is not None
+        fd = self.pump.fd
+        emptied = self.pump.drain(deadline)
+        if not self.pump.open:  # at its end: stop polling the closed descriptor
+            self._any.unregister(fd)
+            self._out.unregister(fd)
+        return emptied
+
+
+def _poll(poller: select.poll, seconds: float) -> None:
+    poller.poll(math.ceil(seconds * 1000))
 
 
 def _spawn(job: Job, env: dict[str, str], log_fd: int, lock_fd: int, has_payload: bool) -> subprocess.Popen[Any]:
@@ -199,22 +386,13 @@ def _resolve(name: str, path: str) -> str | None:
     return found
 
 
-def _supervise(proc: subprocess.Popen[Any], timeout: float | None, kill_grace: float, control: Control) -> str | None:
+def _supervise(proc: subprocess.Popen[Any], watch: _Watch, timeout: float | None, kill_grace: float,
+               control: Control) -> str | None:
     """Wait for the main process; stop the group on a cancel, an interrupt or the time
     limit. Returns why it was stopped (None: it ended by itself)."""
     deadline = time.monotonic() + timeout if timeout else None
-    pidfd = _pidfd(proc)
-    try:
-        return _watch(proc, pidfd, deadline, kill_grace, control)
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _watch(proc: subprocess.Popen[Any], pidfd: int | None, deadline: float | None, kill_grace: float,
-           control: Control) -> str | None:
     while True:
-        if _wait_exit(proc, pidfd, POLL):
+        if watch.wait(POLL):
             return None
         reason = None
         if control.cancel.is_set():
@@ -224,36 +402,8 @@ def _watch(proc: subprocess.Popen[Any], pidfd: int | None, deadline: float | Non
         elif deadline is not None and time.monotonic() >= deadline:
             reason = TIMEOUT
         if reason is not None:
-            _stop_group(proc, kill_grace, control)
+            _stop_group(proc, watch, kill_grace, control)
             return reason
-
-
-def _pidfd(proc: subprocess.Popen[Any]) -> int | None:
-    """A pidfd of *proc* (Linux 5.3+), None where there is none."""
-    try:
-        return os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        return None
-
-
-def _wait_exit(proc: subprocess.Popen[Any], pidfd: int | None, seconds: float) -> bool:
-    """Wait up to *seconds* for *proc* to exit; whether it did (it is then reaped).
-    Popen.wait(timeout) polls with sleeps that double from 1 ms, so a job that takes
-    1 ms is noticed up to 2 ms late, at every job; a pidfd turns readable the moment
-    the process exits."""
-    if pidfd is None:
-        try:
-            proc.wait(timeout=seconds)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    if proc.returncode is None:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        if not poller.poll(seconds * 1000):
-            return False
-    proc.wait()
-    return True
 
 
 def _feed(proc: subprocess.Popen[Any], payload: Any) -> None:
@@ -323,9 +473,10 @@ def become_subreaper() -> None:
         pass
 
 
-def _stop_group(proc: subprocess.Popen[Any], kill_grace: float, control: Control) -> None:
+def _stop_group(proc: subprocess.Popen[Any], watch: _Watch, kill_grace: float, control: Control) -> None:
     """SIGTERM the attempt's process group, then SIGKILL it after *kill_grace* seconds
-    (at once when a hard stop was asked for); return when the group is empty."""
+    (at once when a hard stop was asked for); return when the group is empty. The
+    output goes on being copied meanwhile."""
     pgid = proc.pid
     if proc.returncode is not None:
         _reap_group(pgid)
@@ -338,13 +489,10 @@ def _stop_group(proc: subprocess.Popen[Any], kill_grace: float, control: Control
     end = time.monotonic() + kill_grace
     while group_alive(pgid):
         if proc.returncode is None:
-            try:
-                proc.wait(timeout=POLL)
-            except subprocess.TimeoutExpired:
-                pass
+            watch.wait(POLL)
         else:
             _reap_group(pgid)
-            time.sleep(0.02)
+            watch.idle(0.02)
         if time.monotonic() >= end or control.hard.is_set():
             try:
                 os.killpg(pgid, signal.SIGKILL)
@@ -354,13 +502,10 @@ def _stop_group(proc: subprocess.Popen[Any], kill_grace: float, control: Control
             # Members of the group that are zombies (not our children) stay visible to
             # killpg until their parent reaps them; give up after a short wait.
             for _ in range(50):
-                if proc.returncode is None:
-                    try:
-                        proc.wait(timeout=POLL)
-                    except subprocess.TimeoutExpired:
-                        continue
+                if proc.returncode is None and not watch.wait(POLL):
+                    continue
                 _reap_group(pgid)
                 if not group_alive(pgid):
                     break
-                time.sleep(0.02)
+                watch.idle(0.02)
             break

@@ -33,6 +33,7 @@ Progress = Callable[[int, int], None]
 
 if TYPE_CHECKING:
     from ..metrics import Family
+    from ..spool.joblog import LogReader
     from .fsck import Report as FsckReport
 
 
@@ -286,6 +287,18 @@ class Spool:
 
     def read_log(self, job_id: str, offset: int = 0) -> bytes:
         """The job's output from byte *offset* on: every attempt, each under its header
-        line (empty before its first run). Raises JobNotFoundError."""
+        line (empty before its first run). Raises JobNotFoundError. These are the
+        file's bytes: while an attempt runs, output ``log_max`` dropped may read as NUL
+        bytes (a hole), and a cut replaces the file by a shorter one. To read a running
+        job's log, and to follow one, use :meth:`log_reader`."""
         self.get(job_id)
         return self.store.read_log(job_id, offset)
+
+    def log_reader(self, job_id: str) -> LogReader:
+        """A reader of the job's log whose ``read()`` returns, each time, what was added
+        since the last call (the whole log the first time), across cuts made by
+        ``log_max``. Raises JobNotFoundError."""
+        from ..spool.joblog import LogReader  # noqa: PLC0415 - only `taskq logs` needs it
+
+        self.get(job_id)
+        return LogReader(self.store, job_id)

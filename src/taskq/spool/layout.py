@@ -8,7 +8,7 @@ a file name. Pure: no I/O.
     SPOOL/running/  ID.json; ID.lock held by the attempt's processes; ID.cancel
     SPOOL/done/     ID.json
     SPOOL/failed/   ID.json, and ID.reason beside a file that was not a valid job
-    SPOOL/logs/     ID.log
+    SPOOL/logs/     ID.log; ID.cuts beside a log that ``log_max`` has cut
     SPOOL/keys/     one small file per unique key (sha256 of the key), naming its job
     SPOOL/hooks/    ID.attempt-N.json, ID.dependency.json: a hook due (see below)
     SPOOL/paused    present while the spool is paused
@@ -157,6 +157,12 @@ def parse_hook_marker(raw: bytes) -> HookMarker:
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0 or not isinstance(job, dict):
         raise ValueError("bad attempt number or job record")
     return HookMarker(event, state, attempt, job)
+
+
+def cuts_file(job_id: str) -> str:
+    """``logs/ID.cuts``: where the cuts of a capped log are (:class:`taskq.logcap.LogMap`),
+    so that a reader following the log keeps its place when it is cut."""
+    return job_id + ".cuts"
 
 
 def key_file(key: str) -> str:

@@ -33,6 +33,15 @@ def io_error(action: str, path: str, exc: OSError) -> SpoolError:
     return SpoolError(f"cannot {action} {path}: {exc.strerror or exc}")
 
 
+def read_from(fd: int, offset: int) -> bytes:
+    """Everything in the open file *fd* from byte *offset* on."""
+    chunks = []
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
 class Store:
     """A spool directory's files. *fsync* False trades durability for speed."""
 
@@ -394,19 +403,11 @@ class Store:
 
     def read_log(self, job_id: str, offset: int) -> bytes:
         """The job's log from byte *offset* on (empty if it has no log yet)."""
-        path = self.log_path(job_id)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = self.open_log_read(job_id)
+        if fd is None:
             return b""
-        except OSError as exc:
-            raise io_error("read", path, exc) from None
         try:
-            os.lseek(fd, offset, os.SEEK_SET)
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return read_from(fd, offset)
         finally:
             os.close(fd)
 
@@ -420,12 +421,85 @@ class Store:
 
     def log_line(self, fd: int, job_id: str, text: str) -> None:
         """Append one line of taskq's own to an open log (a header, an outcome)."""
+        self.append_log(fd, job_id, text.encode() + b"\n")
+
+    def append_log(self, fd: int, job_id: str, data: bytes | memoryview) -> None:
+        """Append bytes to an open log."""
         try:
-            self.io.append(fd, text.encode() + b"\n")
+            self.io.append(fd, data)
         except OSError as exc:
             raise io_error("write", self.log_path(job_id), exc) from None
 
+    def punch_log(self, fd: int, job_id: str, offset: int, length: int) -> None:
+        """Free bytes *offset* to *offset* + *length* of the open log (a hole: offsets
+        are kept). OSError(EOPNOTSUPP) where the filesystem cannot; SpoolError else."""
+        try:
+            self.io.punch_hole(fd, offset, length)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            raise io_error("trim", self.log_path(job_id), exc) from None
+
+    def stage_log(self) -> tuple[str, int]:
+        """A new, empty file in tmp/ (0600) to build a cut log in: its path and a
+        descriptor open for reading and writing."""
+        path = self.path(layout.TMP, layout.staging_name("log"))
+        try:
+            return path, self.io.open_new(path, layout.FILE_MODE)
+        except OSError as exc:
+            raise io_error("create", path, exc) from None
+
+    def copy_log(self, src: int, offset: int, count: int, dst: int, path: str) -> None:
+        """Append *count* bytes of the log open as *src*, from *offset* on, to the
+        file open as *dst* (at *path*)."""
+        try:
+            self.io.copy(src, offset, count, dst)
+        except OSError as exc:
+            raise io_error("write", path, exc) from None
+
+    def replace_log(self, job_id: str, staged: str, fd: int, log_map: bytes) -> None:
+        """Put the log built in *staged* (open as *fd*) in place of the job's log, and
+        its cuts (*log_map*) beside it: the cuts first, so that a reader never sees
+        a cut log without them (it can tell which file they are about). Not fsynced:
+        logs never are. On failure *staged* is removed and the old log stays."""
+        cuts = self.path(layout.LOGS, layout.cuts_file(job_id))
+        try:
+            self.io.set_append(fd)
+            tmp = self.path(layout.TMP, layout.staging_name("cuts"))
+            try:
+                self.io.write_new(tmp, log_map, layout.FILE_MODE, False)
+                self.io.rename(tmp, cuts)
+            except OSError:
+                self.discard(tmp)
+                raise
+            self.io.rename(staged, self.log_path(job_id))
+        except OSError as exc:
+            self.discard(staged)
+            raise io_error("replace", self.log_path(job_id), exc) from None
+
+    def open_log_read(self, job_id: str) -> int | None:
+        """The job's log open for reading (never through a symlink), or None if it has
+        none yet."""
+        path = self.log_path(job_id)
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise io_error("read", path, exc) from None
+
+    def read_log_map(self, job_id: str) -> bytes | None:
+        """The content of ``logs/ID.cuts`` (None if the log was never cut)."""
+        try:
+            return self.read(layout.LOGS, layout.cuts_file(job_id))
+        except (FileNotFoundError, SpoolError):
+            return None
+
     def remove_log(self, job_id: str) -> None:
+        """Remove the job's log, and its cuts first (looked for: most logs have none)."""
+        cuts = self.path(layout.LOGS, layout.cuts_file(job_id))
+        if os.path.lexists(cuts):
+            self.unlink(cuts)
         self.remove(layout.LOGS, layout.log_file(job_id))
 
     def stale_tmp(self, cutoff: float) -> list[tuple[str, float]]:

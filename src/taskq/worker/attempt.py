@@ -1,10 +1,10 @@
 """One attempt of a claimed job, start to settle: record the attempt, run it (the
-worker's :class:`~taskq.runner.Runner`) with its output in the job's log, then settle
-it by its outcome. Runs in one of the worker's slot threads, one attempt at a time."""
+worker's :class:`~taskq.runner.Runner`) with its output in the job's log (capped at
+the job's ``log_max``), then settle it by its outcome. Runs in one of the worker's
+slot threads, one attempt at a time."""
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable
@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from .. import times
 from ..errors import SpoolError
 from ..job import CANCELLED, INTERRUPTED, Attempt, Outcome
+from ..logcap import DEFAULT_LOG_MAX
 from ..policy import Decision, describe
 from ..runner import Control, Runner
+from ..spool.joblog import JobLog
 from ..transitions import Claimed, Transitions
 
 #: A slot whose attempt could not even be recorded stays busy this long, so that a
@@ -40,6 +42,8 @@ class AttemptRunner:
     runner: Runner
     event: Callable[[str], None]
     rng: random.Random
+    #: The ``log_max`` of a job, by its name (see :meth:`taskq.config.Config.log_max_for`).
+    log_max: Callable[[str | None], int] = lambda name: DEFAULT_LOG_MAX
 
     def run(self, claimed: Claimed, control: Control) -> None:
         """start → run → settle. Never raises: a failure is reported, and what could
@@ -81,26 +85,29 @@ class AttemptRunner:
     def _execute(self, claimed: Claimed, attempt: Attempt, control: Control) -> Outcome:
         """Run the attempt with its output appended to the job's log, under a header."""
         job = claimed.job
-        store = self.transitions.store
         try:
-            log_fd = store.open_log(job.id)
+            log = JobLog(self.transitions.store, job.id, self.log_max(job.name))
         except SpoolError as exc:
             return Outcome(error=f"cannot open log: {exc}")
         try:
             try:
-                store.log_line(log_fd, job.id, f"=== taskq: attempt {attempt.number} started "
-                                               f"{attempt.started_at} on {attempt.worker} ===")
+                log.line(f"=== taskq: attempt {attempt.number} started {attempt.started_at} on {attempt.worker} ===")
             except SpoolError as exc:  # nothing ran: a failed attempt, like a log that cannot open
                 return Outcome(error=f"cannot write log: {exc}")
-            outcome = self.runner(job, attempt.number, log_fd, claimed.lock.fd, control)
+            outcome = self.runner(job, attempt.number, log, claimed.lock.fd, control)
+            log.end_output()  # the runner has (a runner that wrote output without ending it)
+            if log.lost:
+                self.event(f"output of {job.id} lost: {log.lost} bytes not written: {log.error}")
+            if log.cut_error is not None:
+                self.event(f"cannot cut the log of {job.id} to log_max: {log.cut_error}")
             if outcome.error:
                 try:
-                    store.log_line(log_fd, job.id, f"=== taskq: {outcome.error} ===")
+                    log.line(f"=== taskq: {outcome.error} ===")
                 except SpoolError:
                     pass  # the outcome is in the job's record all the same
             return outcome
         finally:
-            os.close(log_fd)
+            log.close()
 
 
 def settled_message(claimed: Claimed, attempt: Attempt, outcome: Outcome, decision: Decision) -> str:

@@ -158,7 +158,8 @@ class Worker:
         config = self.spool.config
         if self.runner is None:
             self.runner = ProcessRunner(self.store.root, config.kill_grace)
-        self._attempts = AttemptRunner(self.spool.transitions, self.runner, self.event, self._rng)
+        self._attempts = AttemptRunner(self.spool.transitions, self.runner, self.event, self._rng,
+                                       config.log_max_for)
         # Before recovery: a job recovered as "worker lost" is an event with hooks too.
         self.spool.transitions.subscribe(observe=self.hooks.observe, prepare=self.hooks.prepare)
         self.hooks.start()
