@@ -152,7 +152,7 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
     defaults = dict(defaults)
     if LOG_MAX in defaults:
         cfg.log_max = parse_size(defaults.pop(LOG_MAX), f"{where}: [defaults]: {LOG_MAX}")
-    cfg.defaults = _fields(defaults, (*DEFAULTABLE, LOG_MAX), f"{where}: [defaults]")
+    cfg.defaults = _fields(defaults, DEFAULTABLE, f"{where}: [defaults]", (LOG_MAX,))
     tasks = data.get("tasks", {})
     if not isinstance(tasks, dict):
         raise ValidationError(f"{where}: [tasks] must be a table of tables")
@@ -170,7 +170,7 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
             table["cwd"] = os.path.expanduser(table["cwd"])
         if LOG_MAX in table:
             cfg.task_log_max[name] = parse_size(table.pop(LOG_MAX), f"{where}: [tasks.{name}]: {LOG_MAX}")
-        cfg.tasks[name] = _fields(table, (*TASK_FIELDS, LOG_MAX), f"{where}: [tasks.{name}]")
+        cfg.tasks[name] = _fields(table, TASK_FIELDS, f"{where}: [tasks.{name}]", (LOG_MAX, *HOOK_KINDS))
     return cfg
 
 
@@ -210,12 +210,13 @@ def _hook_command(value: object, where: str) -> str:
     return value
 
 
-def _fields(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> dict[str, Any]:
+def _fields(table: dict[str, Any], allowed: tuple[str, ...], where: str,
+            settings: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Validate the job fields of a table. *settings*: the other keys the table may
+    hold (taken out by the caller, never job fields), named in the error too."""
     for key in table:
         if key not in allowed:
-            if allowed is TASK_FIELDS:
-                allowed = (*allowed, *HOOK_KINDS)  # accepted, and kept apart by the caller
-            raise ValidationError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+            raise ValidationError(f"{where}: unknown key {key!r} (allowed: {', '.join((*allowed, *settings))})")
     try:
         return validate_fields(table)
     except ValidationError as exc:
