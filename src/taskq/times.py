@@ -6,6 +6,7 @@ strings with millisecond precision and a trailing ``Z`` in job files (README, "T
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import datetime, timedelta, timezone
@@ -33,15 +34,21 @@ def now() -> float:
 def iso(ts: float) -> str:
     """Format *ts* as ISO 8601 UTC with milliseconds: ``2026-11-28T05:18:30.123Z``."""
     ms = int(round(ts * 1000))
-    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    return _second(ms // 1000)[0] + f".{ms % 1000:03d}Z"
 
 
 def name_key(ts: float) -> str:
     """Compact, fixed-width, lexically ordered form of *ts*, used in file names."""
     ms = int(round(ts * 1000))
-    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
-    return dt.strftime("%Y%m%dT%H%M%S") + f"{ms % 1000:03d}Z"
+    return _second(ms // 1000)[1] + f"{ms % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _second(second: int) -> tuple[str, str]:
+    """The :func:`iso` and :func:`name_key` forms of a whole second, remembered: a
+    worker formats the same few seconds many times per job, and strftime is slow."""
+    dt = datetime.fromtimestamp(second, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S"), dt.strftime("%Y%m%dT%H%M%S")
 
 
 def parse_iso(text: str) -> float:

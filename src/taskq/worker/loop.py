@@ -48,6 +48,9 @@ TMP_CLEAN_PERIOD = 600.0
 #: How often free space is checked against ``min_free`` (a statfs per loop would cost
 #: a system call per job for a value that changes slowly).
 SPACE_CHECK_PERIOD = 1.0
+#: How often cancel requests (running/ID.cancel) are looked for without an inotify event
+#: naming one (a spool without inotify, or a missed event).
+CANCEL_CHECK_PERIOD = 1.0
 #: How long closing waits for each slot thread to end.
 SLOT_JOIN = 5.0
 #: Longest sleep of an idle worker: bounds how late periodic work and polling run.
@@ -105,6 +108,7 @@ class Worker:
         self._last_tmp_clean = 0.0
         self._disk_low = False
         self._last_space_check = -SPACE_CHECK_PERIOD
+        self._last_cancel_check = -CANCEL_CHECK_PERIOD
         self._last_draw = 0.0
         self._stop_deadline: float | None = None
         self._metrics: MetricsFile | None = None
@@ -194,12 +198,20 @@ class Worker:
         if self.max_jobs is not None and self.started >= self.max_jobs and not self.running:
             return False
         self.claims.refresh(now)
-        self._check_cancels()
+        if self.claims.cancel_hint() or now - self._last_cancel_check >= CANCEL_CHECK_PERIOD:
+            self._last_cancel_check = now
+            self._check_cancels()
         self._periodic(now)
-        paused = self.store.is_paused()
-        if not paused and not self._disk_low:
-            self._fill(now)
+        # The pause flag is looked at only when a slot is free: most wake-ups of a busy
+        # worker come from its own jobs' files, with every slot taken.
+        paused: bool | None = None
+        if len(self.running) < self.concurrency and not self._disk_low:
+            paused = self.store.is_paused()
+            if not paused:
+                self._fill(now)
         if self.burst and not self.running:
+            if paused is None:
+                paused = self.store.is_paused()
             return not (paused or self._disk_low or not self.claims.any_ready(now))
         return True
 
