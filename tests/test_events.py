@@ -781,3 +781,22 @@ def test_a_symlinked_log_is_never_followed(taskq, spool, tmp_path):
     added = taskq("add", "--", "true", check=True)
     assert "cannot record an event" in added.stderr
     assert elsewhere.read_text().count("\n") == 1  # nothing written through the link
+
+
+def test_status_takes_its_latest_failures_from_the_end_of_the_event_log(taskq, spool):
+    """status names the jobs that failed last from the event log (no stat of every file
+    in failed/); without a log, from failed/ sorted by mtime: the same jobs."""
+    ids = [taskq.add("sh", "-c", "exit 3", options=["--max-attempts", "1", "--priority", str(10 - i)])
+           for i in range(7)]
+    taskq("work", "--burst", check=True)  # one slot: they fail in priority order
+    assert {j["id"] for j in taskq.json("list", "--state", "failed", "--json")} == set(ids)
+    from_log = [f["id"] for f in taskq.json("status", "--json")["recent_failures"]]
+    assert from_log == ids[::-1][:5]
+    assert all(f["last_error"] == "exit status 3" for f in taskq.json("status", "--json")["recent_failures"])
+    # A job retried meanwhile is no longer among them, though the log names its failure.
+    taskq("retry", ids[-1], check=True)
+    after = [f["id"] for f in taskq.json("status", "--json")["recent_failures"]]
+    assert after == ids[::-1][1:6]
+    os.unlink(spool / "events.jsonl")
+    from_files = [f["id"] for f in taskq.json("status", "--json")["recent_failures"]]
+    assert set(from_files) == set(after)

@@ -255,13 +255,49 @@ def _running(spool: Spool, names: list[str], now: float) -> tuple[list[dict[str,
     return running, taking_in
 
 
+#: How much of the event log's end status reads for its latest failures.
+FAILURES_TAIL = 64 << 10
+
+
 def _recent_failures(spool: Spool, count: int = 5) -> list[dict[str, Any]]:
+    """The *count* jobs in failed/ that failed last, newest first. The event log's end
+    names them without a stat of every file in failed/ (thousands, on a long-lived
+    queue); where it does not name enough of them (a new, rotated or missing log),
+    failed/ is sorted by mtime."""
+    names = _failed_from_events(spool, count)
+    if names is None:
+        names = [entry.name for entry in sorted(spool.store.entries("failed"), key=mtime_of, reverse=True)[:count]]
     failures = []
-    for entry in sorted(spool.store.entries("failed"), key=mtime_of, reverse=True)[:count]:
+    for name in names:
         try:
-            job = load(spool, "failed", entry.name)
+            job = load(spool, "failed", name)
         except (FileNotFoundError, ValueError):
             continue
         failures.append({"id": job.id, "name": job.name, "last_error": job.last_error,
                          "settled_at": job.settled_at})
     return failures
+
+
+def _failed_from_events(spool: Spool, count: int) -> list[str] | None:
+    """The failed/ names of the latest jobs that the event log's end shows going to
+    failed/ and that are still there; None unless that makes *count* of them, or all
+    that failed/ holds."""
+    from ..events import decode  # noqa: PLC0415 - only status reads events
+    from ..spool.eventlog import EventLog  # noqa: PLC0415
+
+    try:
+        lines = EventLog(spool.store).tail(FAILURES_TAIL)
+    except (OSError, SpoolError):
+        return None
+    names: list[str] = []
+    for line in reversed(lines):
+        event = decode(line)
+        job_id = event.record.get("id") if event is not None and event.record.get("to") == "failed" else None
+        if not isinstance(job_id, str) or not is_id(job_id):
+            continue
+        name = layout.job_file(job_id)
+        if name not in names and spool.store.has("failed", name):
+            names.append(name)
+            if len(names) == count:
+                return names
+    return names if len(names) >= spool.store.count("failed") else None

@@ -56,6 +56,18 @@ class EventLog:
     def path(self) -> str:
         return self.store.top(layout.EVENTS)
 
+    def tail(self, nbytes: int) -> list[bytes]:
+        """The complete lines among the last *nbytes* of the live log, oldest first
+        (none if there is no log yet)."""
+        reader = _open(self.path)
+        if reader is None:
+            return []
+        try:
+            reader.skip_to_tail(nbytes)
+            return list(reader.lines())
+        finally:
+            reader.close()
+
     def append(self, line: bytes, max_bytes: int, keep: int) -> None:
         """Append one line (ending with a newline) in one write. If the line would
         take the file past *max_bytes* (0: no limit), the file is rotated first,
