@@ -800,3 +800,18 @@ def test_status_takes_its_latest_failures_from_the_end_of_the_event_log(taskq, s
     os.unlink(spool / "events.jsonl")
     from_files = [f["id"] for f in taskq.json("status", "--json")["recent_failures"]]
     assert set(from_files) == set(after)
+
+
+def test_status_with_an_event_log_does_not_sort_failed(taskq, spool, monkeypatch):
+    for _ in range(6):
+        taskq.add("false", options=["--max-attempts", "1"])
+    taskq("work", "--burst", check=True)
+    api = taskq.Spool(spool)
+    listed: list[str] = []
+    original = api.store.entries
+    monkeypatch.setattr(api.store, "entries", lambda state, *a: listed.append(state) or original(state, *a))
+    assert len(api.status()["recent_failures"]) == 5
+    assert "failed" not in listed
+    os.unlink(spool / "events.jsonl")
+    assert len(api.status()["recent_failures"]) == 5
+    assert "failed" in listed  # no log: failed/ sorted by mtime
