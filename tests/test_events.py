@@ -29,7 +29,7 @@ from typing import Any, Optional
 import pytest
 
 import taskq
-from taskq import times
+from taskq import Spool, times
 from taskq.job import Outcome
 from taskq.spool.eventlog import EventFollower, EventLog
 from taskq.spool.fileio import FileIO
@@ -806,7 +806,7 @@ def test_status_with_an_event_log_does_not_sort_failed(taskq, spool, monkeypatch
     for _ in range(6):
         taskq.add("false", options=["--max-attempts", "1"])
     taskq("work", "--burst", check=True)
-    api = taskq.Spool(spool)
+    api = Spool(spool)
     listed: list[str] = []
     original = api.store.entries
     monkeypatch.setattr(api.store, "entries", lambda state, *a: listed.append(state) or original(state, *a))
