@@ -25,14 +25,13 @@ Lines are bytes here; what they say is :mod:`taskq.events`.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Iterator
 
 from ..errors import SpoolError
 from . import layout, locks
-from .store import Store, io_error
+from .store import Store, io_error, open_to_read
 
 #: Bytes read at a time.
 CHUNK = 1 << 20
@@ -194,14 +193,9 @@ class _Reader:
 
 def _open(path: str) -> _Reader | None:
     """Open a generation for reading, never through a symlink; None if it is missing."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    fd = open_to_read(path)
+    if fd is None:
         return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SpoolError(f"{path} is a symlink") from None
-        raise SpoolError(f"cannot read {path}: {exc.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise SpoolError(f"{path} is not a regular file")

@@ -11,13 +11,12 @@ removed, while locked, once the hook has run.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 
 from ..errors import NoSpoolError, SpoolError
 from . import layout
-from .store import Store, io_error
+from .store import Store, io_error, open_to_read
 
 
 class HeldMarker:
@@ -69,14 +68,9 @@ class HookMarkers:
         gone. The lock is on the file itself: one that was removed (or replaced) while
         we waited is not the marker any more."""
         path = self.path(name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = open_to_read(path)
+        if fd is None:
             return None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise SpoolError(f"{path} is a symlink") from None
-            raise io_error("open", path, exc) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -33,6 +33,19 @@ def io_error(action: str, path: str, exc: OSError) -> SpoolError:
     return SpoolError(f"cannot {action} {path}: {exc.strerror or exc}")
 
 
+def open_to_read(path: str) -> int | None:
+    """Open *path* read-only, never through a symlink and never blocking (a FIFO planted
+    there); None if it is missing. A symlink or another error: SpoolError naming it."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpoolError(f"{path} is a symlink") from None
+        raise io_error("open", path, exc) from None
+
+
 def read_from(fd: int, offset: int) -> bytes:
     """Everything in the open file *fd* from byte *offset* on."""
     chunks = []
