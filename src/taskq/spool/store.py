@@ -93,7 +93,9 @@ class Store:
         missing = [path for path in [self.root] + [self.dir(name) for name in layout.DIRS]
                    if not os.path.isdir(path)]
         for path in missing:  # all checked before any is made: a refusal creates nothing
-            if os.path.lexists(path):  # a file, or a dangling symlink
+            # A file or a dangling symlink; not a directory that another process (an
+            # `add` racing this one) made since the first look.
+            if os.path.lexists(path) and not os.path.isdir(path):
                 raise SpoolError(f"cannot create spool at {self.root}: {path} is not a directory")
         created = []
         try:
