@@ -37,13 +37,14 @@ from typing import Any
 
 from .errors import ValidationError
 from .fields import DEFAULTABLE, TASK_FIELDS, shell_command, validate_fields
-from .logcap import DEFAULT_LOG_MAX
 
 #: The key of ``[defaults]`` and ``[tasks.NAME]`` that is a setting, not a job field.
 LOG_MAX = "log_max"
 
 DEFAULT_MIN_FREE = 16 * 1024 * 1024
 DEFAULT_KILL_GRACE = 5.0
+#: Each attempt's output kept in the job's log (README, "taskq logs").
+DEFAULT_LOG_MAX = 16 * 1024 * 1024
 DEFAULT_EVENTS_MAX = 64 * 1024 * 1024
 DEFAULT_EVENTS_KEEP = 4
 #: More old event files than this is surely a typo (and each is renamed at rotation).

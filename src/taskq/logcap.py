@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
-#: ``log_max`` when ``taskq.toml`` does not say: 16 MiB.
-DEFAULT_LOG_MAX = 16 * 1024 * 1024
 #: Least output between two trims: each costs system calls (a cut also a copy and
 #: two renames), which a tiny ``log_max`` must not pay every few bytes.
 MIN_SLACK = 1024 * 1024

@@ -145,11 +145,17 @@ def _run(job: Job, env: dict[str, str], log: JobLog, lock_fd: int, kill_grace: f
         watch.finish(DRAIN_WAIT)
     finally:
         watch.close()
+    return _outcome(code, stop_reason)
+
+
+def _outcome(code: int, stop_reason: str | None) -> Outcome:
+    """How a process (an attempt's or a hook's) ended: its wait status *code* (negative:
+    killed by that signal) and why it was stopped, if it was (:func:`_supervise`)."""
     sig = -code if code < 0 else None
     exit_code = code if code >= 0 else None
     if stop_reason == TIMEOUT:
-        return Outcome(exit_code=None, signal=sig or signal.SIGKILL, timed_out=True)
-    if stop_reason in (CANCELLED, INTERRUPTED):
+        return Outcome(signal=sig or signal.SIGKILL, timed_out=True)
+    if stop_reason is not None:  # cancelled or interrupted
         return Outcome(exit_code=exit_code, signal=sig, error=stop_reason)
     return Outcome(exit_code=exit_code, signal=sig)
 
@@ -184,12 +190,7 @@ def run_hook(
         _stop_group(proc, watch, kill_grace, control)
     finally:
         watch.close()
-    sig = -code if code < 0 else None
-    if stop_reason == TIMEOUT:
-        return Outcome(signal=sig or signal.SIGKILL, timed_out=True)
-    if stop_reason is not None:
-        return Outcome(exit_code=code if code >= 0 else None, signal=sig, error=stop_reason)
-    return Outcome(exit_code=code if code >= 0 else None, signal=sig)
+    return _outcome(code, stop_reason)
 
 
 def _cannot_start(job: Job, exc: OSError) -> str:

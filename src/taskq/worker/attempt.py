@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import times
+from ..config import DEFAULT_LOG_MAX
 from ..errors import SpoolError
 from ..job import CANCELLED, INTERRUPTED, Attempt, Outcome
-from ..logcap import DEFAULT_LOG_MAX
 from ..policy import Decision, describe
 from ..runner import Control, Runner
 from ..spool.joblog import JobLog
