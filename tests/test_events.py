@@ -705,8 +705,8 @@ def test_status_watch_shows_throughput_and_failures_from_the_log(taskq, spool):
                      section), section
 
 
-def test_status_watch_json_carries_the_log_figures(taskq, spool):
-    bad, _ = _failed_and_done(taskq)
+def _first_watch_json(taskq: Any) -> dict[str, Any]:
+    """The first object `status --watch --json` prints; then SIGINT, which exits 0."""
     proc = taskq.popen("status", "--watch", "--json", "--interval", "0.2")
     try:
         first = json.loads(proc.stdout.readline())
@@ -716,6 +716,12 @@ def test_status_watch_json_carries_the_log_figures(taskq, spool):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    return first
+
+
+def test_status_watch_json_carries_the_log_figures(taskq, spool):
+    bad, _ = _failed_and_done(taskq)
+    first = _first_watch_json(taskq)
     assert first["throughput"] == {"window": 60.0, "done": 1, "failed": 1, "retries": 0, "claims": 2}
     (failure,) = first["latest_failures"]
     assert (failure["id"], failure["to"], failure["attempt"], failure["error"]) == (bad, "failed", 1, "exit status 4")
@@ -758,15 +764,7 @@ def test_status_watch_without_a_readable_log_still_shows_the_status(taskq, spool
     taskq.add("true")
     (spool / "events.jsonl").unlink()
     (spool / "events.jsonl").mkdir()
-    proc = taskq.popen("status", "--watch", "--json", "--interval", "0.2")
-    try:
-        first = json.loads(proc.stdout.readline())
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    first = _first_watch_json(taskq)
     assert first["counts"]["pending"] == 1 and "throughput" not in first
 
 
