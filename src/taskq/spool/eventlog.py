@@ -3,10 +3,13 @@
 Lines are bytes here; what they say is :mod:`taskq.events`.
 
 * **Appending**: each line is one ``write(2)`` on a descriptor opened with
-  ``O_APPEND`` for that write alone (open, write, close), so lines of concurrent
-  processes never interleave, and a process never keeps writing into a file that was
-  rotated away. Events are not fsynced: a power cut may lose the last lines, never a
-  job (the job files are durable on their own).
+  ``O_APPEND``, so lines of concurrent processes never interleave. A command opens
+  the file for each line (open, write, close). A worker, which writes several lines
+  per job, keeps the descriptor (:attr:`EventLog.keep_open`), and before each line an
+  ``lstat(2)`` of the path checks that it still names the file held open: once it does
+  not (rotated, or removed), the path is opened again. Either way, a process never
+  keeps writing into a file that was rotated away. Events are not fsynced: a power cut
+  may lose the last lines, never a job (the job files are durable on their own).
 * **Rotating**: a writer whose line would take ``events.jsonl`` past ``events_max``
   bytes first renames it to ``events.jsonl.1`` (``.1`` to ``.2``...; files beyond
   ``events_keep`` old ones are deleted), holding ``events.lock``, then writes its line
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Iterator
 
 from ..errors import SpoolError
@@ -50,6 +54,12 @@ class EventLog:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        #: The descriptor kept open for appending, and the inode it is open on.
+        self._fd = -1
+        self._ino = -1
+        self._lock = threading.Lock()  # the slot threads of a worker append at once
+        #: Keep the descriptor between lines (a worker; it calls :meth:`close` at its end).
+        self.keep_open = False
 
     @property
     def path(self) -> str:
@@ -73,21 +83,45 @@ class EventLog:
         keeping *keep* old files.
 
         Raises SpoolError naming the path ("disk full" for ENOSPC)."""
-        fd = self._open()
-        try:
-            if max_bytes:
-                size = os.fstat(fd).st_size
-                if size and size + len(line) > max_bytes and self._rotate(fd, len(line), max_bytes, keep):
-                    os.close(fd)
-                    fd = -1
-                    fd = self._open()
+        with self._lock:
+            size = self._current()
+            if max_bytes and size and size + len(line) > max_bytes and self._rotate(self._fd, len(line), max_bytes, keep):
+                self._let_go()
+                self._current()
             try:
-                self.store.io.append(fd, line)
+                self.store.io.append(self._fd, line)
             except OSError as exc:
                 raise io_error("write", self.path, exc) from None
-        finally:
-            if fd >= 0:
-                os.close(fd)
+            finally:
+                if not self.keep_open:
+                    self._let_go()
+
+    def close(self) -> None:
+        """Let go of the descriptor kept for appending (if any)."""
+        with self._lock:
+            self._let_go()
+
+    def _current(self) -> int:
+        """Make ``_fd`` the file the path names now (opening it, created if missing,
+        when it is not the one held); return its size."""
+        if self._fd >= 0:
+            try:
+                st = os.lstat(self.path)
+            except OSError:
+                st = None
+            if st is not None and st.st_ino == self._ino:
+                return st.st_size
+            self._let_go()
+        self._fd = self._open()
+        st = os.fstat(self._fd)
+        self._ino = st.st_ino
+        return st.st_size
+
+    def _let_go(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._ino = -1
 
     def _open(self) -> int:
         try:
@@ -212,6 +246,12 @@ class EventFollower:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        #: The descriptor kept open for appending, and the inode it is open on.
+        self._fd = -1
+        self._ino = -1
+        self._lock = threading.Lock()  # the slot threads of a worker append at once
+        #: Keep the descriptor between lines (a worker; it calls :meth:`close` at its end).
+        self.keep_open = False
         self.path = store.top(layout.EVENTS)
         self._current: _Reader | None = None
         #: rotated files still drained, with the time to stop

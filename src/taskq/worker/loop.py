@@ -92,6 +92,7 @@ class Worker:
         # Event lines name this worker; an event it cannot write is said in its log.
         self.spool.event_recorder.worker = worker_id()
         self.spool.event_recorder.warn = self.event
+        self.spool.event_recorder.log.keep_open = True  # a few lines per job: one open file
         self.running: dict[str, Running] = {}
         self.started = 0
         self._log_lock = threading.Lock()
@@ -238,6 +239,7 @@ class Worker:
         if self.view is not None:
             self.view.stop()
         self.watcher.close()
+        self.spool.event_recorder.log.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
