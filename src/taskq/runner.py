@@ -64,6 +64,9 @@ class Control:
     hard: threading.Event = field(default_factory=threading.Event)
     #: Called with the process group id once the command has started.
     on_spawn: Callable[[int], None] | None = None
+    #: Called by the thread supervising the attempt every :data:`POLL` seconds while it
+    #: runs (the worker looks for a cancel request there: no other thread is woken).
+    tick: Callable[[], None] | None = None
 
 
 class Runner(Protocol):
@@ -395,6 +398,8 @@ def _supervise(proc: subprocess.Popen[Any], watch: _Watch, timeout: float | None
     while True:
         if watch.wait(POLL):
             return None
+        if control.tick is not None:
+            control.tick()
         reason = None
         if control.cancel.is_set():
             reason = CANCELLED

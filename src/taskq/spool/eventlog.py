@@ -85,7 +85,8 @@ class EventLog:
         Raises SpoolError naming the path ("disk full" for ENOSPC)."""
         with self._lock:
             size = self._current()
-            if max_bytes and size and size + len(line) > max_bytes and self._rotate(self._fd, len(line), max_bytes, keep):
+            full = bool(max_bytes) and size > 0 and size + len(line) > max_bytes
+            if full and self._rotate(self._fd, len(line), max_bytes, keep):
                 self._let_go()
                 self._current()
             try:

@@ -1,7 +1,8 @@
 """One attempt of a claimed job, start to settle: record the attempt, run it (the
 worker's :class:`~taskq.runner.Runner`) with its output in the job's log (capped at
 the job's ``log_max``), then settle it by its outcome. Runs in one of the worker's
-slot threads, one attempt at a time."""
+slot threads, one attempt at a time; the settle may come after the next attempt's
+process has started (see :meth:`taskq.worker.loop.Worker._slot`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import times
 from ..config import DEFAULT_LOG_MAX
@@ -27,11 +29,22 @@ START_FAILED_PAUSE = 0.25
 @dataclass
 class Running:
     """A job this worker runs: its claim, the controls of its attempt, and whether
-    the attempt has ended (set by the slot thread that ran it)."""
+    it has been settled (set by the slot thread that ran it)."""
 
     claimed: Claimed
     control: Control
     finished: bool = False
+    #: The ended attempt of the job run before this one in the same slot, settled once
+    #: this one's process has started (see :meth:`taskq.worker.loop.Worker._slot`).
+    previous: Callable[[], None] | None = None
+
+
+class Ended(NamedTuple):
+    """An attempt whose process has ended, still to be settled."""
+
+    claimed: Claimed
+    attempt: Attempt
+    outcome: Outcome
 
 
 @dataclass
@@ -45,23 +58,35 @@ class AttemptRunner:
     #: The ``log_max`` of a job, by its name (see :meth:`taskq.config.Config.log_max_for`).
     log_max: Callable[[str | None], int] = lambda name: DEFAULT_LOG_MAX
 
-    def run(self, claimed: Claimed, control: Control) -> None:
-        """start → run → settle. Never raises: a failure is reported, and what could
-        not be written is left for recovery."""
-        job = claimed.job
+    def run(self, claimed: Claimed, control: Control) -> Ended | None:
+        """start → run, to be followed by :meth:`settle` (the worker settles an attempt
+        once the next one's process has started). Never raises: returns None when
+        there is nothing to settle (the attempt could not start; a failure, reported,
+        with the job left for recovery)."""
         try:
             attempt = self._start(claimed)
             if attempt is None:
-                return
-            outcome = self._execute(claimed, attempt, control)
-            try:
-                decision = self.transitions.settle(claimed, outcome, times.now(), self.rng.random())
-            except SpoolError as exc:
-                self.event(f"cannot settle {job.id}: {exc} (recovery will retry it)")
-                return
-            self.event(settled_message(claimed, attempt, outcome, decision))
+                return None
+            return Ended(claimed, attempt, self._execute(claimed, attempt, control))
         except Exception as exc:  # noqa: BLE001 - a bug must not leave the worker stuck
-            self.event(f"internal error on {job.id}: {exc!r}")
+            self.event(f"internal error on {claimed.job.id}: {exc!r}")
+            claimed.lock.release(remove=False)
+            return None
+
+    def settle(self, ended: Ended) -> None:
+        """Settle an ended attempt by its outcome. Never raises: what could not be
+        written is left for recovery (the outcome recorded, or the attempt closed as
+        "worker lost")."""
+        claimed = ended.claimed
+        try:
+            try:
+                decision = self.transitions.settle(claimed, ended.outcome, times.now(), self.rng.random())
+            except SpoolError as exc:
+                self.event(f"cannot settle {claimed.job.id}: {exc} (recovery will retry it)")
+                return
+            self.event(settled_message(claimed, ended.attempt, ended.outcome, decision))
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the worker stuck
+            self.event(f"internal error on {claimed.job.id}: {exc!r}")
             claimed.lock.release(remove=False)
 
     def _start(self, claimed: Claimed) -> Attempt | None:

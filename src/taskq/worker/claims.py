@@ -44,13 +44,6 @@ class Claims:
         self._last_relist = 0.0
         #: Drop-in files that could not be taken in (an I/O error): tried again later.
         self._retry_foreign: set[str] = set()
-        self._cancel_seen = False
-
-    def cancel_hint(self) -> bool:
-        """Whether a cancel request (running/ID.cancel) has appeared since the last call,
-        as far as inotify says; always True without inotify."""
-        seen, self._cancel_seen = self._cancel_seen, False
-        return seen or not self.watcher.available
 
     # -- keeping the index current -----------------------------------------------------
 
@@ -77,7 +70,6 @@ class Claims:
             return
         changes = self.watcher.read()
         if changes is None:  # the event queue overflowed
-            self._cancel_seen = True  # a cancel request may be among what was lost
             self.relist(now)
             return
         now_key = times.name_key(now)
@@ -92,9 +84,6 @@ class Claims:
                         self.index.add(name, now_key)
                 else:
                     self.index.remove(name)
-            elif label == "running":
-                if added and name.endswith(layout.CANCEL):
-                    self._cancel_seen = True
             else:
                 settled = True
         if settled:

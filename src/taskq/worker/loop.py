@@ -1,9 +1,13 @@
 """The worker: claim → run → settle, until stopped.
 
 One process runs up to ``concurrency`` jobs at once, each attempt in one of
-``concurrency`` slot threads (:mod:`.attempt`); the main thread claims, watches the spool, recovers jobs of dead
-workers and handles signals. Any number of workers may share a spool: a claim is a
-rename, which only one of them can win.
+``concurrency`` slot threads (:mod:`.attempt`). A slot thread whose attempt has ended
+claims its next job itself and settles the ended one once the next one's process has
+started (:meth:`Worker._slot`), so a queue of short jobs drains without waking the main
+thread between them. The main thread gives work to idle slots, watches the spool,
+passes on cancel requests, recovers jobs of dead workers and handles signals. Any
+number of workers may share a spool: a claim is a rename, which only one of them can
+win.
 
 :meth:`Worker.run_once` is one iteration of the main loop and takes the time as a
 parameter; :meth:`Worker.run` sets up, then repeats it, waiting in between for
@@ -31,9 +35,8 @@ from ..runner import Control, ProcessRunner, Runner, become_subreaper
 from ..spool.layout import STATES
 from ..spool.store import STALE_TMP_AGE
 from ..stopping import STOP, StopState
-from ..transitions import Claimed
 from ..watch import Watcher
-from .attempt import AttemptRunner, Running
+from .attempt import AttemptRunner, Ended, Running
 from .claims import Claims
 from .hooks import Hooks
 from .index import key_to_ts
@@ -48,8 +51,9 @@ TMP_CLEAN_PERIOD = 600.0
 #: How often free space is checked against ``min_free`` (a statfs per loop would cost
 #: a system call per job for a value that changes slowly).
 SPACE_CHECK_PERIOD = 1.0
-#: How often cancel requests (running/ID.cancel) are looked for without an inotify event
-#: naming one (a spool without inotify, or a missed event).
+#: How often the main thread looks for cancel requests (running/ID.cancel) of all its
+#: jobs. The thread supervising an attempt looks for its own every ``runner.POLL``
+#: seconds (:meth:`Worker._watch_cancel`); this is for runners that do not.
 CANCEL_CHECK_PERIOD = 1.0
 #: How long closing waits for each slot thread to end.
 SLOT_JOIN = 5.0
@@ -93,8 +97,12 @@ class Worker:
         self.spool.event_recorder.worker = worker_id()
         self.spool.event_recorder.warn = self.event
         self.spool.event_recorder.log.keep_open = True  # a few lines per job: one open file
+        #: Jobs claimed and not yet settled (and reaped) by id. Slot threads add to it
+        #: and the main thread removes from it, both holding ``_claiming``, which also
+        #: guards the claims (the index of pending/) and ``started``.
         self.running: dict[str, Running] = {}
         self.started = 0
+        self._claiming = threading.Lock()
         self._log_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.stop.wake = self.wake
@@ -175,11 +183,11 @@ class Worker:
             thread.start()
         if self.metrics_file is not None:
             self._metrics = MetricsFile(self.spool, self.metrics_file, self.metrics_interval, self.concurrency,
-                                        lambda: len(self.running), self.event)
+                                        self.busy, self.event)
             self._metrics.attach(self.spool.transitions)
             self._metrics.start()
         self.watcher.add(self.store.dir("pending"), "pending")
-        for label in ("done", "failed", "running"):
+        for label in ("done", "failed"):
             self.watcher.add(self.store.dir(label), label, added_only=True)
         self.event(f"worker started on {self.store.root} (concurrency {self.concurrency}"
                    + (", burst" if self.burst else "") + ")")
@@ -198,8 +206,9 @@ class Worker:
             return self._stopping(now)
         if self.max_jobs is not None and self.started >= self.max_jobs and not self.running:
             return False
-        self.claims.refresh(now)
-        if self.claims.cancel_hint() or now - self._last_cancel_check >= CANCEL_CHECK_PERIOD:
+        with self._claiming:
+            self.claims.refresh(now)
+        if now - self._last_cancel_check >= CANCEL_CHECK_PERIOD:
             self._last_cancel_check = now
             self._check_cancels()
         self._periodic(now)
@@ -213,8 +222,15 @@ class Worker:
         if self.burst and not self.running:
             if paused is None:
                 paused = self.store.is_paused()
-            return not (paused or self._disk_low or not self.claims.any_ready(now))
+            if paused or self._disk_low:
+                return False
+            with self._claiming:
+                return self.claims.any_ready(now)
         return True
+
+    def busy(self) -> int:
+        """How many attempts run (or await their settle) right now."""
+        return sum(not run.finished for run in list(self.running.values()))
 
     def _end_hooks(self) -> None:
         """Before exiting: run the hooks due (a burst, or ``--max-jobs`` reached); on a
@@ -255,7 +271,10 @@ class Worker:
         return timeout
 
     def _wait(self, timeout: float) -> None:
-        fds = [self._wake_r] + ([self.watcher.fd] if self.watcher.available else [])
+        # With every slot busy, news of pending/ can wait: the slot thread that claims
+        # next reads it first. Waking for it would only take the GIL from the slots.
+        watch = self.watcher.available and (len(self.running) < self.concurrency or self.stop.requested)
+        fds = [self._wake_r] + ([self.watcher.fd] if watch else [])
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
@@ -270,54 +289,104 @@ class Worker:
     # -- claiming and starting ---------------------------------------------------------
 
     def _fill(self, now: float) -> None:
-        while len(self.running) < self.concurrency:
-            if self.max_jobs is not None and self.started >= self.max_jobs:
+        """Give idle slots a job each."""
+        while len(self.running) < self.concurrency and not self.stop.requested:
+            with self._claiming:
+                run = self._claim(now, None)
+            if run is None:
                 return
-            if self.stop.requested:
-                return
-            claimed = self.claims.next(now, busy=self.running.keys())
-            if claimed is None:
-                return
-            self._start(claimed)
+            self._slots.put(run)
 
-    def _start(self, claimed: Claimed) -> None:
+    def _claim(self, now: float, previous: _Later | None) -> Running | None:
+        """Claim the next job (holding ``_claiming``) and note it as running; None if
+        there is none, or ``max_jobs`` have been started. *previous*: an ended attempt
+        that the slot thread settles once this job's process has started."""
+        if self.max_jobs is not None and self.started >= self.max_jobs:
+            return None
+        claimed = self.claims.next(now, busy=self.running.keys())
+        if claimed is None:
+            return None
+
         def on_spawn(pgid: int) -> None:
             try:
                 self.spool.transitions.record_group(claimed, pgid)
             except SpoolError as exc:  # recovery then relies on the lock alone
                 self.event(f"cannot note the process group of {claimed.job.id}: {exc}")
+            if previous is not None:
+                previous()
 
         control = Control(on_spawn=on_spawn)
+        control.tick = lambda: self._watch_cancel(claimed.job.id, control)
         if self.stop.hard:
             control.hard.set()
-        run = Running(claimed, control)
+        run = Running(claimed, control, previous=previous)
         self.running[claimed.job.id] = run
         self.started += 1
-        self._slots.put(run)
+        return run
+
+    def _claim_next(self, previous: _Later) -> Running | None:
+        """For a slot thread whose attempt has ended: the next job, claimed as the main
+        thread would (not while stopping, paused or short of space; inotify's news of
+        pending/ read first), or None."""
+        if self.stop.requested or self._disk_low or self.store.is_paused():
+            return None
+        with self._claiming:
+            now = times.now()
+            self.claims.refresh(now)
+            return self._claim(now, previous)
 
     def _slot(self) -> None:
-        """One of ``concurrency`` threads, each running one attempt at a time: a
-        thread per attempt would cost its start-up at every job."""
-        while (run := self._slots.get()) is not None:
-            try:
-                assert self._attempts is not None  # set by begin()
-                self._attempts.run(run.claimed, run.control)
-            finally:
+        """One of ``concurrency`` threads, each running one attempt at a time (a thread
+        per attempt would cost its start-up at every job).
+
+        When an attempt ends, the thread claims the next job itself and settles the
+        ended attempt only once the next one's process has started (or, if it never
+        starts, once that attempt is over): the bookkeeping of one job overlaps the
+        next one's run, and the main thread is not woken between jobs. With nothing to
+        claim it settles at once, wakes the main thread and waits for a job from it.
+        Nothing is lost by the delay: until its settle, an ended job stays in running/
+        with its run lock held, and if the worker dies meanwhile, recovery runs it
+        again, as for any job whose end was not yet recorded."""
+        assert self._attempts is not None  # set by begin()
+        attempts = self._attempts
+        run = self._slots.get()
+        while run is not None:
+            ended = attempts.run(run.claimed, run.control)
+            if run.previous is not None:
+                run.previous()  # not settled at the spawn: this attempt never started a process
+            nxt = None
+            if ended is None:
                 run.finished = True
-                self.wake()
+            else:
+                later = _Later(attempts, ended, run)
+                nxt = self._claim_next(later)
+                if nxt is None:
+                    later()
+            if nxt is None:
+                self.wake()  # this slot is free
+                run = self._slots.get()
+            else:
+                run = nxt
 
     def _reap(self) -> None:
-        for job_id in [j for j, r in self.running.items() if r.finished]:
-            self.running.pop(job_id)
-            if not self.stop.requested:
+        with self._claiming:
+            done = [j for j, r in self.running.items() if r.finished]
+            for job_id in done:
+                self.running.pop(job_id)
+            if done and not self.stop.requested:
                 self.claims.index.unblock()  # a dependency may just have been settled
 
     def _check_cancels(self) -> None:
         """Stop own jobs that ``taskq cancel`` asked to stop (running/ID.cancel)."""
-        for job_id, run in self.running.items():
-            if not run.control.cancel.is_set() and self.spool.jobs.cancel_requested(job_id):
-                self.event(f"cancelling {job_id}")
-                run.control.cancel.set()
+        for job_id, run in list(self.running.items()):
+            if not run.finished:
+                self._watch_cancel(job_id, run.control)
+
+    def _watch_cancel(self, job_id: str, control: Control) -> None:
+        """Stop the attempt of *job_id* if ``taskq cancel`` has asked for it."""
+        if not control.cancel.is_set() and self.spool.jobs.cancel_requested(job_id):
+            self.event(f"cancelling {job_id}")
+            control.cancel.set()
 
     # -- stopping ----------------------------------------------------------------------
 
@@ -327,7 +396,7 @@ class Worker:
             self._stop_deadline = now + self.grace
             if self.running:
                 self.event(f"stopping: waiting up to {self.grace:g}s for {len(self.running)} running job(s)")
-        for run in self.running.values():
+        for run in list(self.running.values()):
             if self.stop.hard:
                 run.control.hard.set()
                 run.control.interrupt.set()
@@ -401,3 +470,24 @@ class Worker:
             counts = {}
         state = "stopping" if self.stop.requested else ("paused" if self.store.is_paused() else "working")
         self.view.update(state, counts, rows)
+
+
+class _Later:
+    """An ended attempt awaiting its settle, which happens once, when first called."""
+
+    __slots__ = ("attempts", "ended", "run", "_done")
+
+    def __init__(self, attempts: AttemptRunner, ended: Ended, run: Running) -> None:
+        self.attempts = attempts
+        self.ended = ended
+        self.run = run
+        self._done = False
+
+    def __call__(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self.attempts.settle(self.ended)
+        finally:
+            self.run.finished = True
