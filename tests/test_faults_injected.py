@@ -44,6 +44,7 @@ from taskq.errors import SpoolError
 from taskq.policy import Outcome
 from taskq.spool import layout
 from taskq.spool.fileio import FileIO
+from taskq.spool.jobs import JobStore
 from taskq.spool.layout import parse_pending_name
 from taskq.stopping import StopState
 from taskq.worker import Worker
@@ -962,12 +963,23 @@ def test_worker_takes_in_a_drop_in_again_after_a_failed_attempt(tmp_path, inj, m
 
 def test_stranded_job_recovered_by_the_running_worker(tmp_path, inj, monkeypatch):
     """A claimed job whose attempt cannot be recorded, and which then cannot be put
-    back to pending either (renames 2 and 3: the start's record, the unclaim's), is
-    left in running/ with no owner; the same worker's periodic recovery brings it back
-    and runs it."""
+    back to pending either, is left in running/ with no owner; the same worker's
+    periodic recovery brings it back and runs it. The attempt's note in the lock's
+    file fails first (README, "Durability and speed"), then renames 2 and 3: the
+    record the start falls back to, and the unclaim's."""
     ctx = Ctx(tmp_path / "spool")
     first = add_job(ctx, priority=9)
     second = add_job(ctx)
+    note = JobStore.note_attempt
+    notes = [0]
+
+    def note_fails_once(self: JobStore, lock: Any, attempt: Any, pgid: Optional[int] = None) -> None:
+        notes[0] += 1
+        if notes[0] == 1:
+            raise SpoolError("cannot write the lock's file: Input/output error")
+        note(self, lock, attempt, pgid)
+
+    monkeypatch.setattr(JobStore, "note_attempt", note_fails_once)
     inj.arm(Plan("rename", 2, errno.EIO, count=2), ("worker", "stranded"))
     log = _run_worker_for_a_while(ctx.root, inj, monkeypatch, max_jobs=3)  # the failed start counts
     assert inj.fired == 2
@@ -1153,11 +1165,11 @@ def test_failed_start_puts_the_job_back_uncounted(tmp_path, monkeypatch):
     real = Transitions.start
     calls = []
 
-    def failing_once(self, claimed, now):
+    def failing_once(self, claimed, now, warn=None):
         calls.append(claimed.job.id)
         if len(calls) == 1:
             raise SpoolError("cannot write: disk full")
-        return real(self, claimed, now)
+        return real(self, claimed, now, warn)
 
     monkeypatch.setattr(Transitions, "start", failing_once)
     code, log = _run_worker(ctx.root)

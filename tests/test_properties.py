@@ -539,6 +539,10 @@ class SpoolMachine(RuleBasedStateMachine):
             assert state == job.state, f"{job_id}: disk says {state}, model {job.state}"
             record = json.loads((self.root / state / name).read_bytes())
             attempts = record["attempts"]
+            if state == "running":
+                # The attempt in progress is noted in the run lock's file, not the record.
+                noted = self.api.jobs.noted_attempt(job_id, len(attempts))
+                attempts = attempts + ([noted.to_dict()] if noted is not None else [])
             assert record["id"] == job_id
             assert len(attempts) == job.attempts
             assert [a["number"] for a in attempts] == list(range(1, job.attempts + 1))

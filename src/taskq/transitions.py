@@ -173,16 +173,26 @@ class Transitions:
         self._changed(Change("claim", job.id, "pending", "running", job))
         return Claimed(job, owned)
 
-    def start(self, claimed: Claimed, now: float) -> Attempt:
-        """Record a new attempt (not finished) in the running job's file."""
+    def start(self, claimed: Claimed, now: float, warn: Callable[[str], None] | None = None) -> Attempt:
+        """Begin a new attempt: note it (in progress) beside the job, in its run lock's
+        file; the record gets it when it is settled (:meth:`JobStore.note_attempt`).
+        *warn* is told if the note had to go into the record instead."""
         job = claimed.job
         attempt = Attempt(number=len(job.attempts) + 1, started_at=times.iso(now), worker=worker_id())
-        job.attempts.append(attempt)
         try:
-            self.jobs.save(claimed.owned, job, sync_dir="start" not in LAZY)
-        except SpoolError:
-            job.attempts.pop()
-            raise
+            self.jobs.note_attempt(claimed.lock, attempt)
+            job.attempts.append(attempt)
+        except SpoolError as exc:
+            # The lock's file cannot be written: the record carries the attempt instead
+            # (a new file and an fsync); only if that fails too does the start fail.
+            if warn is not None:
+                warn(f"cannot note the attempt of {job.id} ({exc}): writing it into the record")
+            job.attempts.append(attempt)
+            try:
+                self.jobs.save(claimed.owned, job, sync_dir=False)
+            except SpoolError:
+                job.attempts.pop()
+                raise
         self._changed(Change("start", job.id, "running", "running", job))
         return attempt
 
@@ -212,8 +222,10 @@ class Transitions:
             claimed.owned.release()
 
     def record_group(self, claimed: Claimed, pgid: int) -> None:
-        """Note the attempt's process group beside its lock, for recovery."""
-        self.jobs.record_group(claimed.lock, pgid)
+        """Note the attempt's process group beside it, for recovery."""
+        attempt = claimed.job.current_attempt
+        assert attempt is not None  # started
+        self.jobs.note_attempt(claimed.lock, attempt, pgid)
 
     def recover(self, job_id: str, now: float, jitter: float) -> tuple[str, Decision] | None:
         """Recover running/ID.json if nobody owns it any more (its run lock is free: no

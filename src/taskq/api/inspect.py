@@ -37,7 +37,7 @@ def load(spool: Spool, state: str, name: str) -> Job:
         raw = spool.store.read(state, name)
         job = Job.from_bytes(raw)
         job.state = state
-        return job
+        return spool.jobs.with_note(job) if state == "running" else job
     except (ValidationError, SpoolError) as exc:  # SpoolError: too large, not readable
         if state == "failed":
             return _unreadable(spool, name, str(exc))

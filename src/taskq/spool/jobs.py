@@ -17,10 +17,10 @@ from typing import Any
 from .. import times
 from ..errors import SpoolError, ValidationError
 from ..ids import new_id
-from ..job import Job, is_complete, parse_json_bytes
+from ..job import Attempt, Job, is_complete, parse_json_bytes
 from . import layout, locks
 from .locks import Lock
-from .store import Store
+from .store import Store, open_to_read
 
 #: A job's place: (state directory, file name).
 Where = tuple[str, str]
@@ -52,7 +52,10 @@ class Owned:
         self.origin = state
 
     def release(self) -> None:
-        self.lock.release(remove=True)
+        """Let go of the job. The lock's file is removed unless the job is still in
+        running/: there it may hold the note of an attempt in progress, which recovery
+        needs (a change that failed half-way leaves the job there)."""
+        self.lock.release(remove=self.state != "running")
 
 
 class JobStore:
@@ -121,9 +124,12 @@ class JobStore:
         return parse_json_bytes(self.store.read(state, name))
 
     def load(self, state: str, name: str) -> Job:
-        """A complete job record (raises FileNotFoundError, ValidationError, SpoolError)."""
+        """A complete job record (raises FileNotFoundError, ValidationError, SpoolError),
+        with the attempt in progress noted beside it (:meth:`with_note`)."""
         job = Job.from_bytes(self.store.read(state, name))
         job.state = state
+        if state == "running":
+            self.with_note(job)
         return job
 
     def is_drop_in(self, state: str, name: str) -> bool:
@@ -250,17 +256,66 @@ class JobStore:
     def clear_cancel(self, job_id: str) -> None:
         self.store.remove("running", layout.cancel_file(job_id))
 
-    # -- the attempt's process group ---------------------------------------------------
+    # -- the attempt in progress, noted in its run lock's file --------------------------
+    #
+    # A started attempt is written into the job's record only when it is settled. While
+    # it runs, it is noted in running/ID.lock, the file its worker holds locked:
+    # ``attempt=N started=ISO worker=HOST:PID``, and ``pgid=P boot=B`` once its process
+    # group exists. Noting it is one write into a file already open, where rewriting the
+    # record would be a new file, an fsync and a rename before every job. Nothing is
+    # fsynced: a note lost in a power cut is an attempt that never started (README,
+    # "Durability and speed"). Readers of a record in running/ add the noted attempt
+    # (:meth:`with_note`), so ``show``, ``status`` and recovery see it as before.
 
-    def record_group(self, lock: Lock, pgid: int) -> None:
-        """Note the attempt's process group in its run lock's file."""
-        lock.write(f"pgid={pgid} boot={boot_id()}", durable=False)
+    def note_attempt(self, lock: Lock, attempt: Attempt, pgid: int | None = None) -> None:
+        """Note *attempt* (in progress) in its run lock's file, with its process group
+        once there is one."""
+        text = f"attempt={attempt.number} started={attempt.started_at} worker={attempt.worker}"
+        if pgid is not None:
+            text += f" pgid={pgid} boot={boot_id()}"
+        lock.write(text, durable=False)
+
+    def noted_attempt(self, job_id: str, recorded: int) -> Attempt | None:
+        """The attempt in progress noted in running/ID.lock, if it is the one after the
+        *recorded* attempts of the job's record (an older note is stale: left by a
+        worker that died after settling that attempt)."""
+        path = self.store.path("running", layout.lock_file(job_id))
+        try:
+            fd = open_to_read(path)
+        except SpoolError:
+            return None
+        if fd is None:
+            return None
+        try:
+            text = os.read(fd, 4096).decode("utf-8", "replace")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        fields = _fields(text)
+        try:
+            number = int(fields.get("attempt", ""))
+            started = fields["started"]
+            times.parse_iso(started)
+            worker = fields["worker"]
+        except (KeyError, ValueError):
+            return None
+        if number != recorded + 1:
+            return None
+        return Attempt(number=number, started_at=started, worker=worker)
+
+    def with_note(self, job: Job) -> Job:
+        """*job* (read from running/) with its noted attempt in progress added, if any."""
+        noted = self.noted_attempt(job.id, len(job.attempts))
+        if noted is not None:
+            job.attempts.append(noted)
+        return job
 
     def attempt_group(self, lock: Lock) -> int | None:
         """The process group recorded in a held run lock's file, if a process of it is
         still alive in this boot (a process that dropped the lock's descriptor: a
         daemon, a child that closed its fds)."""
-        fields = dict(part.split("=", 1) for part in lock.read().split() if "=" in part)
+        fields = _fields(lock.read())
         try:
             pgid = int(fields.get("pgid", ""))
         except ValueError:
@@ -281,6 +336,11 @@ class JobStore:
             if job_id and layout.job_file(job_id) not in jobs:
                 out.append(job_id)
         return out
+
+
+def _fields(text: str) -> dict[str, str]:
+    """The ``key=value`` words of a run lock's note."""
+    return dict(part.split("=", 1) for part in text.split() if "=" in part)
 
 
 _BOOT_ID: list[str] = []

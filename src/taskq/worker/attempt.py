@@ -92,7 +92,7 @@ class AttemptRunner:
     def _start(self, claimed: Claimed) -> Attempt | None:
         job = claimed.job
         try:
-            attempt = self.transitions.start(claimed, times.now())
+            attempt = self.transitions.start(claimed, times.now(), self.event)
         except SpoolError as exc:
             # Nothing ran: put the job back as it was, uncounted. If even that fails,
             # it stays in running/ unowned and recovery returns it.

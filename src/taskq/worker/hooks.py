@@ -281,6 +281,11 @@ class Hooks:
             except (ValidationError, SpoolError):
                 return "?", "run"
             attempts = data.get("attempts") if isinstance(data, dict) else None
+            if found[0] == "running" and isinstance(attempts, list):
+                # The attempt in progress is noted beside the record, not in it.
+                noted = jobs.noted_attempt(job_id, len(attempts))
+                if noted is not None:
+                    attempts = [*attempts, noted.to_dict()]
             return found[0], landed(marker, dependency, found[0], attempts if isinstance(attempts, list) else None)
         return "?", "wait"
 
