@@ -24,6 +24,7 @@ import random
 import select
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
@@ -59,6 +60,9 @@ CANCEL_CHECK_PERIOD = 1.0
 SLOT_JOIN = 5.0
 #: Longest sleep of an idle worker: bounds how late periodic work and polling run.
 IDLE_WAKE = 1.0
+#: Threads that settle ended attempts handed over by the slots. Several, so that their
+#: fsyncs overlap and the filesystem commits them together (group commit).
+SETTLERS = 4
 
 
 @dataclass
@@ -112,7 +116,9 @@ class Worker:
         self._rng = random.Random()
         self._attempts: AttemptRunner | None = None
         self._slots: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
+        self._settles: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._settlers: list[threading.Thread] = []
         self._last_recovery = 0.0
         self._last_tmp_clean = 0.0
         self._disk_low = False
@@ -179,6 +185,9 @@ class Worker:
         become_subreaper()
         self._threads = [threading.Thread(target=self._slot, daemon=True, name=f"taskq-slot-{n}")
                          for n in range(self.concurrency)]
+        self._settlers = [threading.Thread(target=self._settler, daemon=True, name=f"taskq-settle-{n}")
+                          for n in range(SETTLERS)]
+        self._threads += self._settlers
         for thread in self._threads:
             thread.start()
         if self.metrics_file is not None:
@@ -247,6 +256,7 @@ class Worker:
         self.hooks.finish(0.0, self.stop)  # after an error: hooks still running are stopped
         for _ in self._threads:
             self._slots.put(None)
+            self._settles.put(None)
         for thread in self._threads:
             thread.join(timeout=SLOT_JOIN)  # after a hard stop an attempt may still be ending
         self._threads = []
@@ -300,7 +310,7 @@ class Worker:
     def _claim(self, now: float, previous: _Later | None) -> Running | None:
         """Claim the next job (holding ``_claiming``) and note it as running; None if
         there is none, or ``max_jobs`` have been started. *previous*: an ended attempt
-        that the slot thread settles once this job's process has started."""
+        handed to the settlers once this job's process has started."""
         if self.max_jobs is not None and self.started >= self.max_jobs:
             return None
         claimed = self.claims.next(now, busy=self.running.keys())
@@ -312,8 +322,9 @@ class Worker:
                 self.spool.transitions.record_group(claimed, pgid)
             except SpoolError as exc:  # recovery then relies on the lock alone
                 self.event(f"cannot note the process group of {claimed.job.id}: {exc}")
-            if previous is not None:
-                previous()
+            later, run.previous = run.previous, None
+            if later is not None:
+                self._settles.put(later)
 
         control = Control(on_spawn=on_spawn)
         control.tick = lambda: self._watch_cancel(claimed.job.id, control)
@@ -339,11 +350,12 @@ class Worker:
         """One of ``concurrency`` threads, each running one attempt at a time (a thread
         per attempt would cost its start-up at every job).
 
-        When an attempt ends, the thread claims the next job itself and settles the
-        ended attempt only once the next one's process has started (or, if it never
-        starts, once that attempt is over): the bookkeeping of one job overlaps the
-        next one's run, and the main thread is not woken between jobs. With nothing to
-        claim it settles at once, wakes the main thread and waits for a job from it.
+        When an attempt ends, the thread claims the next job itself and, once the next
+        one's process has started, hands the ended attempt to a settler thread (if the
+        next one never starts a process, it settles it itself, once that attempt is
+        over): the bookkeeping of one job overlaps the next one's run, and the main
+        thread is not woken between jobs. With nothing to claim it settles at once,
+        wakes the main thread and waits for a job from it.
         Nothing is lost by the delay: until its settle, an ended job stays in running/
         with its run lock held, and if the worker dies meanwhile, recovery runs it
         again, as for any job whose end was not yet recorded."""
@@ -353,7 +365,7 @@ class Worker:
         while run is not None:
             ended = attempts.run(run.claimed, run.control)
             if run.previous is not None:
-                run.previous()  # not settled at the spawn: this attempt never started a process
+                run.previous()  # not handed over at the spawn: this attempt never started a process
             nxt = None
             if ended is None:
                 run.finished = True
@@ -367,6 +379,13 @@ class Worker:
                 run = self._slots.get()
             else:
                 run = nxt
+
+    def _settler(self) -> None:
+        """One of :data:`SETTLERS` threads settling the ended attempts that slots hand
+        over once their next job's process has started: the record's fsync is waited
+        for here, not on the way to the next job."""
+        while (later := self._settles.get()) is not None:
+            later()
 
     def _reap(self) -> None:
         with self._claiming:
@@ -473,20 +492,22 @@ class Worker:
 
 
 class _Later:
-    """An ended attempt awaiting its settle, which happens once, when first called."""
+    """An ended attempt awaiting its settle, which happens once, by the first thread
+    that calls it (a settler, or the slot thread)."""
 
-    __slots__ = ("attempts", "ended", "run", "_done")
+    __slots__ = ("attempts", "ended", "run", "_token")
 
     def __init__(self, attempts: AttemptRunner, ended: Ended, run: Running) -> None:
         self.attempts = attempts
         self.ended = ended
         self.run = run
-        self._done = False
+        self._token = [True]  # popped by the one caller that settles: list.pop is atomic
 
     def __call__(self) -> None:
-        if self._done:
+        try:
+            self._token.pop()
+        except IndexError:
             return
-        self._done = True
         try:
             self.attempts.settle(self.ended)
         finally:
