@@ -121,6 +121,71 @@ def test_recovery_quarantine_and_drop_in_intake_are_reported(api, changes):
     assert kinds(changes) == [("recover", "running", "pending")]
 
 
+# -- the attempt in progress, noted beside the record (README, "Durability and speed") ----------
+
+
+def claim_one(api: taskq.Spool):
+    entry = next(e for e in map(parse_pending_name, ls(Path(api.path), "pending")) if e)
+    claimed = api.transitions.claim(entry)
+    assert claimed is not None
+    return claimed
+
+
+def test_a_started_attempt_is_noted_in_the_lock_file_and_read_back_by_readers(api):
+    job = api.add(["true"])
+    claimed = claim_one(api)
+    attempt = api.transitions.start(claimed, times.now())
+    running = Path(api.path) / "running"
+    # The record is the one the claim moved, untouched; the attempt is in the lock's file.
+    assert json.loads((running / f"{job.id}.json").read_bytes())["attempts"] == []
+    note = (running / f"{job.id}.lock").read_text()
+    assert f"attempt=1 started={attempt.started_at} worker={attempt.worker}" in note
+    api.transitions.record_group(claimed, 4242)
+    note = (running / f"{job.id}.lock").read_text()
+    assert "attempt=1 " in note and "pgid=4242 " in note
+    # Every reader sees the attempt in progress, as if it were in the record.
+    shown = api.get(job.id)
+    assert [(a.number, a.started_at, a.finished_at) for a in shown.attempts] == [(1, attempt.started_at, None)]
+    (row,) = api.status()["running"]
+    assert (row["id"], row["attempt"], row["started_at"]) == (job.id, 1, attempt.started_at)
+    # The settle writes it into the record, closed, and removes the lock's file.
+    api.transitions.settle(claimed, Outcome(exit_code=0), times.now(), 0.5)
+    record = json.loads((Path(api.path) / "done" / f"{job.id}.json").read_bytes())
+    assert [(a["number"], a["started_at"], a["exit_code"]) for a in record["attempts"]] == [
+        (1, attempt.started_at, 0)]
+    assert ls(Path(api.path), "running") == []
+
+
+def test_recovery_counts_a_noted_attempt_as_worker_lost(api):
+    job = api.add(["true"], max_attempts=3, backoff=0)
+    claimed = claim_one(api)
+    api.transitions.start(claimed, times.now())
+    claimed.lock.release(remove=False)  # the worker died: its lock is free, its note is there
+    what, decision = api.transitions.recover(job.id, times.now(), 0.5)
+    assert what == "worker lost" and decision.state == "pending"
+    record = api.get(job.id)
+    assert [(a.number, a.error) for a in record.attempts] == [(1, "worker lost")]
+
+
+def test_a_stale_note_is_not_read_as_an_attempt(api):
+    """A lock's file left by a worker that died after settling attempt 1 still says
+    attempt=1: for a record that holds attempt 1 already, that is no attempt in progress."""
+    job = api.add(["true"], max_attempts=3, backoff=0)
+    claimed = claim_one(api)
+    api.transitions.start(claimed, times.now())
+    api.transitions.settle(claimed, Outcome(exit_code=1), times.now(), 0.5)  # back to pending
+    claimed = claim_one(api)  # attempt 1 is in the record now
+    lock = Path(api.path) / "running" / f"{job.id}.lock"
+    lock.write_text("attempt=1 started=2026-01-01T00:00:00.000Z worker=gone:1\n")
+    assert [a.number for a in api.get(job.id).attempts] == [1]
+    claimed.lock.release(remove=False)
+    what, decision = api.transitions.recover(job.id, times.now(), 0.5)
+    # Claimed, never started again: settled by attempt 1's recorded outcome, which is
+    # what sent it back to pending; no attempt is added or counted.
+    assert (what, decision.state) == ("settled", "pending")
+    assert [a.number for a in api.get(job.id).attempts] == [1]
+
+
 # -- one worker iteration ----------------------------------------------------------------------
 
 
