@@ -9,6 +9,7 @@ a valid job is shown with the reason it was filed there.
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -171,7 +172,7 @@ def status(spool: Spool, now: float | None) -> dict[str, Any]:
         "counts": counts,
         **pending,
         "running": running,
-        "recent_failures": _recent_failures(spool),
+        "recent_failures": _recent_failures(spool, counts["failed"]),
     }
 
 
@@ -259,14 +260,16 @@ def _running(spool: Spool, names: list[str], now: float) -> tuple[list[dict[str,
 FAILURES_TAIL = 64 << 10
 
 
-def _recent_failures(spool: Spool, count: int = 5) -> list[dict[str, Any]]:
-    """The *count* jobs in failed/ that failed last, newest first. The event log's end
-    names them without a stat of every file in failed/ (thousands, on a long-lived
-    queue); where it does not name enough of them (a new, rotated or missing log),
-    failed/ is sorted by mtime."""
-    names = _failed_from_events(spool, count)
+def _recent_failures(spool: Spool, in_failed: int, count: int = 5) -> list[dict[str, Any]]:
+    """The *count* jobs in failed/ (which holds *in_failed*) that failed last, newest
+    first. The event log's end names them without a stat of every file in failed/
+    (thousands, on a long-lived queue); where it does not name enough of them (a new,
+    rotated or missing log), the newest of failed/ by mtime."""
+    if not in_failed:
+        return []
+    names = _failed_from_events(spool, count, in_failed)
     if names is None:
-        names = [entry.name for entry in sorted(spool.store.entries("failed"), key=mtime_of, reverse=True)[:count]]
+        names = [entry.name for entry in heapq.nlargest(count, spool.store.entries("failed"), key=mtime_of)]
     failures = []
     for name in names:
         try:
@@ -278,7 +281,7 @@ def _recent_failures(spool: Spool, count: int = 5) -> list[dict[str, Any]]:
     return failures
 
 
-def _failed_from_events(spool: Spool, count: int) -> list[str] | None:
+def _failed_from_events(spool: Spool, count: int, in_failed: int) -> list[str] | None:
     """The failed/ names of the latest jobs that the event log's end shows going to
     failed/ and that are still there; None unless that makes *count* of them, or all
     that failed/ holds."""
@@ -300,4 +303,4 @@ def _failed_from_events(spool: Spool, count: int) -> list[str] | None:
             names.append(name)
             if len(names) == count:
                 return names
-    return names if len(names) >= spool.store.count("failed") else None
+    return names if len(names) >= in_failed else None
