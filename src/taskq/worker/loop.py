@@ -62,7 +62,12 @@ SLOT_JOIN = 5.0
 IDLE_WAKE = 1.0
 #: Threads that settle ended attempts handed over by the slots. Several, so that their
 #: fsyncs overlap and the filesystem commits them together (group commit).
-SETTLERS = 4
+SETTLERS = 2
+#: At most this many ended attempts wait for a settler; beyond, a slot settles its
+#: ended attempt itself. Without a bound, jobs that end faster than the disk records
+#: them would pile up, each with its open run lock, its record in memory, and a finished
+#: job not yet in done/.
+SETTLE_BACKLOG = 8
 
 
 @dataclass
@@ -324,7 +329,10 @@ class Worker:
                 self.event(f"cannot note the process group of {claimed.job.id}: {exc}")
             later, run.previous = run.previous, None
             if later is not None:
-                self._settles.put(later)
+                if self._settles.qsize() < SETTLE_BACKLOG:
+                    self._settles.put(later)
+                else:
+                    later()  # the settlers are behind: this slot waits for the disk too
 
         control = Control(on_spawn=on_spawn)
         control.tick = lambda: self._watch_cancel(claimed.job.id, control)
@@ -364,6 +372,9 @@ class Worker:
         run = self._slots.get()
         while run is not None:
             ended = attempts.run(run.claimed, run.control)
+            # Its callbacks refer back to the run: drop them, so that no reference cycle
+            # keeps each job's objects alive until the garbage collector's next full pass.
+            run.control.on_spawn = run.control.tick = None
             if run.previous is not None:
                 run.previous()  # not handed over at the spawn: this attempt never started a process
             nxt = None
