@@ -290,13 +290,16 @@ class Store:
             limit = layout.MAX_FILE_BYTES
             if st.st_size > limit:
                 raise SpoolError(f"{path} is larger than {limit} bytes")
-            chunks, size = [], 0
-            while chunk := os.read(fd, 1 << 20):
+            # One read of the size fstat gave (and one byte more, to see the end):
+            # asking for a megabyte would allocate, and give back, a megabyte per record.
+            chunks, size, want = [], 0, st.st_size + 1
+            while chunk := os.read(fd, want):
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > limit:
                     raise SpoolError(f"{path} is larger than {limit} bytes")
-            return b"".join(chunks)
+                want = 1 << 16  # it grew meanwhile: read on
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         except OSError as exc:
             raise SpoolError(f"cannot read {path}: {exc.strerror}") from None
         finally:
