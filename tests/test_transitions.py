@@ -186,6 +186,30 @@ def test_a_stale_note_is_not_read_as_an_attempt(api):
     assert [a.number for a in api.get(job.id).attempts] == [1]
 
 
+def test_a_note_rewritten_in_place_is_whole_at_every_instant(api):
+    """The note is rewritten when the process group is known. A worker SIGKILLed in the
+    middle of that must not leave an empty file (the attempt would then look never
+    started, and run again uncounted): the new line is written over the old one first
+    and the file cut after, and readers take the first line."""
+    job = api.add(["true"])
+    claimed = claim_one(api)
+    attempt = api.transitions.start(claimed, times.now())
+    lock = Path(api.path) / "running" / f"{job.id}.lock"
+    longer = f"attempt=1 started={attempt.started_at} worker={attempt.worker} pgid=99 boot=b\n".encode()
+    os.pwrite(claimed.lock.fd, longer, 0)  # the write, killed before the cut
+    assert [a.number for a in api.get(job.id).attempts] == [1]
+    # A shorter line over a longer one, cut short the same way: the old tail is ignored.
+    shorter = f"attempt=1 started={attempt.started_at} worker=w:1\n".encode()
+    os.pwrite(claimed.lock.fd, shorter, 0)
+    assert lock.read_bytes().startswith(shorter) and len(lock.read_bytes()) > len(shorter)
+    (noted,) = api.get(job.id).attempts
+    assert (noted.number, noted.worker) == (1, "w:1")
+    assert claimed.lock.read() == shorter.decode().strip()
+    # The real rewrite leaves exactly the new line.
+    api.transitions.record_group(claimed, 4242)
+    assert lock.read_text().count("\n") == 1 and "pgid=4242 " in lock.read_text()
+
+
 # -- one worker iteration ----------------------------------------------------------------------
 
 

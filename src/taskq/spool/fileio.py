@@ -73,9 +73,12 @@ class FileIO:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
     def overwrite(self, fd: int, data: bytes) -> None:
-        """Replace the whole content of an open (lock) file with *data*."""
-        os.ftruncate(fd, 0)
+        """Replace the whole content of an open (lock) file with *data* (one line).
+        Written first, cut to its length after: a process killed in between leaves
+        *data* whole, as the file's first line, never an empty file (truncating first
+        would lose, for that instant, the attempt noted there)."""
         os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
 
     def append(self, fd: int, data: bytes | memoryview) -> None:
         """Append *data* to an open log (one write: O_APPEND keeps lines whole; a

@@ -292,7 +292,7 @@ class JobStore:
             return None
         finally:
             os.close(fd)
-        fields = _fields(text)
+        fields = _fields(text.split("\n", 1)[0])  # the first line: see FileIO.overwrite
         try:
             number = int(fields.get("attempt", ""))
             started = fields["started"]

@@ -27,8 +27,9 @@ class Lock:
         self.fd = fd
 
     def read(self) -> str:
+        """What the lock's file says: its first line (see ``FileIO.overwrite``)."""
         os.lseek(self.fd, 0, os.SEEK_SET)
-        return os.read(self.fd, 4096).decode("utf-8", "replace").strip()
+        return os.read(self.fd, 4096).decode("utf-8", "replace").split("\n", 1)[0].strip()
 
     def write(self, text: str, durable: bool = True) -> None:
         """Record *text* in the lock's file (a key's holder, durably; an attempt's

@@ -2,9 +2,9 @@
 
 One process runs up to ``concurrency`` jobs at once, each attempt in one of
 ``concurrency`` slot threads (:mod:`.attempt`). A slot thread whose attempt has ended
-claims its next job itself and settles the ended one once the next one's process has
-started (:meth:`Worker._slot`), so a queue of short jobs drains without waking the main
-thread between them. The main thread gives work to idle slots, watches the spool,
+claims its next job itself and, once the next one's process has started, hands the
+ended one to a settler thread (:meth:`Worker._slot`), so a queue of short jobs drains
+without waking the main thread between them. The main thread gives work to idle slots, watches the spool,
 passes on cancel requests, recovers jobs of dead workers and handles signals. Any
 number of workers may share a spool: a claim is a rename, which only one of them can
 win.
@@ -123,7 +123,6 @@ class Worker:
         self._slots: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
         self._settles: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._settlers: list[threading.Thread] = []
         self._last_recovery = 0.0
         self._last_tmp_clean = 0.0
         self._disk_low = False
@@ -190,9 +189,8 @@ class Worker:
         become_subreaper()
         self._threads = [threading.Thread(target=self._slot, daemon=True, name=f"taskq-slot-{n}")
                          for n in range(self.concurrency)]
-        self._settlers = [threading.Thread(target=self._settler, daemon=True, name=f"taskq-settle-{n}")
+        self._threads += [threading.Thread(target=self._settler, daemon=True, name=f"taskq-settle-{n}")
                           for n in range(SETTLERS)]
-        self._threads += self._settlers
         for thread in self._threads:
             thread.start()
         if self.metrics_file is not None:
