@@ -76,9 +76,12 @@ class FileIO:
         """Replace the whole content of an open (lock) file with *data* (one line).
         Written first, cut to its length after: a process killed in between leaves
         *data* whole, as the file's first line, never an empty file (truncating first
-        would lose, for that instant, the attempt noted there)."""
+        would lose, for that instant, the attempt noted there). The cut is made only
+        where the old content was longer: a note rewritten with its process group
+        grows, and needs none."""
         os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
+        if os.fstat(fd).st_size > len(data):
+            os.ftruncate(fd, len(data))
 
     def append(self, fd: int, data: bytes | memoryview) -> None:
         """Append *data* to an open log (one write: O_APPEND keeps lines whole; a
