@@ -179,17 +179,16 @@ class Transitions:
         *warn* is told if the note had to go into the record instead."""
         job = claimed.job
         attempt = Attempt(number=len(job.attempts) + 1, started_at=times.iso(now), worker=worker_id())
+        job.attempts.append(attempt)
         try:
             self.jobs.note_attempt(claimed.lock, attempt)
-            job.attempts.append(attempt)
         except SpoolError as exc:
             # The lock's file cannot be written: the record carries the attempt instead
             # (a new file and an fsync); only if that fails too does the start fail.
             if warn is not None:
                 warn(f"cannot note the attempt of {job.id} ({exc}): writing it into the record")
-            job.attempts.append(attempt)
             try:
-                self.jobs.save(claimed.owned, job, sync_dir=False)
+                self.jobs.save(claimed.owned, job, sync_dir="start" not in LAZY)
             except SpoolError:
                 job.attempts.pop()
                 raise

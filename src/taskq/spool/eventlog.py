@@ -247,12 +247,6 @@ class EventFollower:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        #: The descriptor kept open for appending, and the inode it is open on.
-        self._fd = -1
-        self._ino = -1
-        self._lock = threading.Lock()  # the slot threads of a worker append at once
-        #: Keep the descriptor between lines (a worker; it calls :meth:`close` at its end).
-        self.keep_open = False
         self.path = store.top(layout.EVENTS)
         self._current: _Reader | None = None
         #: rotated files still drained, with the time to stop

@@ -292,7 +292,7 @@ class JobStore:
             return None
         finally:
             os.close(fd)
-        fields = _fields(text.split("\n", 1)[0])  # the first line: see FileIO.overwrite
+        fields = _fields(text)
         try:
             number = int(fields.get("attempt", ""))
             started = fields["started"]
@@ -339,8 +339,9 @@ class JobStore:
 
 
 def _fields(text: str) -> dict[str, str]:
-    """The ``key=value`` words of a run lock's note."""
-    return dict(part.split("=", 1) for part in text.split() if "=" in part)
+    """The ``key=value`` words of a run lock's note: its first line (what follows it
+    is the tail of a longer note cut short, see ``FileIO.overwrite``)."""
+    return dict(part.split("=", 1) for part in text.split("\n", 1)[0].split() if "=" in part)
 
 
 _BOOT_ID: list[str] = []

@@ -299,7 +299,7 @@ class Store:
                 if size > limit:
                     raise SpoolError(f"{path} is larger than {limit} bytes")
                 want = 1 << 16  # it grew meanwhile: read on
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return b"".join(chunks)
         except OSError as exc:
             raise SpoolError(f"cannot read {path}: {exc.strerror}") from None
         finally:

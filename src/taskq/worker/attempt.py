@@ -29,7 +29,7 @@ START_FAILED_PAUSE = 0.25
 @dataclass
 class Running:
     """A job this worker runs: its claim, the controls of its attempt, and whether
-    it has been settled (set by the slot thread that ran it)."""
+    it has been settled (set by the thread that settled it: its slot or a settler)."""
 
     claimed: Claimed
     control: Control
