@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import threading
 import time
 from pathlib import Path
 
@@ -237,6 +239,69 @@ def test_run_once_claims_runs_and_settles_with_a_fake_runner(api, tmp_path):
         settle_threads(worker)
         assert runner.ran[-1] == (later.id, 1)
     finally:
+        worker.close()
+
+
+class GatedRunner:
+    """Starts no process but says it did (``on_spawn``), as the real runner does once
+    the child exists; a job with a gate then waits for it to be set."""
+
+    def __init__(self, gates: dict[str, threading.Event]) -> None:
+        self.gates = gates
+
+    def __call__(self, job: Job, attempt: int, log: JobLog, lock_fd: int, control: Control) -> Outcome:
+        if control.on_spawn is not None:
+            control.on_spawn(os.getpgid(0))
+        gate = self.gates.get(job.id)
+        if gate is not None:
+            assert gate.wait(10)
+        return Outcome(exit_code=0)
+
+
+def test_a_free_slot_gets_work_while_an_earlier_attempt_still_awaits_its_settle(api):
+    """A slot whose attempt ended claims the next job and hands the ended one to a
+    settler. If the slot then goes idle while the settler is still at it, the main
+    thread must still see a free slot (the job awaiting its settle holds none), and
+    the settler must wake it when that job is settled: otherwise news of pending/
+    waits for the main thread's next periodic wake-up, a second later."""
+    long = api.add(["never-run"], priority=9)
+    first = api.add(["never-run"], priority=5)
+    second = api.add(["never-run"], priority=1)
+    gates = {long.id: threading.Event()}
+    settle_gate = threading.Event()
+    worker = Worker(api, concurrency=2, runner=GatedRunner(gates), stop=StopState(), log=open(os.devnull, "w"))
+    worker.begin()
+    assert worker._attempts is not None
+    settle = worker._attempts.settle
+
+    def slow_settle(ended):  # the disk is slow for the first job's settle only
+        if ended.claimed.job.id == first.id:
+            assert settle_gate.wait(10)
+        settle(ended)
+
+    worker._attempts.settle = slow_settle  # type: ignore[method-assign]
+    try:
+        assert worker.run_once(times.now())  # long and first start; first's slot goes on to second
+        deadline = time.monotonic() + 10
+        while not (second.id in worker.running and worker.running[second.id].finished):
+            assert time.monotonic() < deadline, "the second job was not run and settled"
+            time.sleep(0.01)
+        assert not worker.running[first.id].finished  # its settle is held up
+        third = api.add(["never-run"])
+        assert worker.run_once(times.now())
+        assert third.id in worker.running, "the idle slot was given nothing"
+        while not worker.running[third.id].finished:
+            assert time.monotonic() < deadline, "the third job was not run and settled"
+            time.sleep(0.01)
+        worker._wait(0)  # the wake-ups so far are consumed
+        settle_gate.set()
+        ready, _, _ = select.select([worker._wake_r], [], [], 10)
+        assert ready, "the settler did not wake the main thread"
+        assert api.get(first.id).state == "done"
+    finally:
+        settle_gate.set()
+        gates[long.id].set()
+        settle_threads(worker)
         worker.close()
 
 

@@ -264,27 +264,46 @@ def _recent_failures(spool: Spool, in_failed: int, count: int = 5) -> list[dict[
     """The *count* jobs in failed/ (which holds *in_failed*) that failed last, newest
     first. The event log's end names them without a stat of every file in failed/
     (thousands, on a long-lived queue); where it does not name enough of them (a new,
-    rotated or missing log), the newest of failed/ by mtime."""
+    rotated or missing log), the newest of failed/ by mtime.
+
+    A worker settles several ended attempts at once (its slots, its settler threads),
+    so the order of the log's lines (or of mtimes) is only nearly the order in which
+    the jobs failed: a few more candidates are read, and ordered by when their last
+    attempt finished."""
     if not in_failed:
         return []
-    names = _failed_from_events(spool, count, in_failed)
+    want = count + FAILURES_MARGIN
+    names = _failed_from_events(spool, want, count, in_failed)
     if names is None:
-        names = [entry.name for entry in heapq.nlargest(count, spool.store.entries("failed"), key=mtime_of)]
-    failures = []
+        names = [entry.name for entry in heapq.nlargest(want, spool.store.entries("failed"), key=mtime_of)]
+    jobs = []
     for name in names:
         try:
-            job = load(spool, "failed", name)
+            jobs.append(load(spool, "failed", name))
         except (FileNotFoundError, ValueError):
             continue
-        failures.append({"id": job.id, "name": job.name, "last_error": job.last_error,
-                         "settled_at": job.settled_at})
-    return failures
+    # Stable: jobs that finished in the same millisecond keep the log's order.
+    jobs.sort(key=_failed_when, reverse=True)
+    return [{"id": job.id, "name": job.name, "last_error": job.last_error, "settled_at": job.settled_at}
+            for job in jobs[:count]]
 
 
-def _failed_from_events(spool: Spool, count: int, in_failed: int) -> list[str] | None:
-    """The failed/ names of the latest jobs that the event log's end shows going to
-    failed/ and that are still there; None unless that makes *count* of them, or all
-    that failed/ holds."""
+#: Candidates read beyond the failures shown (see :func:`_recent_failures`): more than
+#: the attempts a worker may have ended and not yet settled at once.
+FAILURES_MARGIN = 8
+
+
+def _failed_when(job: Job) -> str:
+    """When *job* failed: its last attempt's end (ISO strings of one width sort as
+    times), else its settle."""
+    last = job.attempts[-1] if job.attempts else None
+    return (last.finished_at if last is not None and last.finished_at else None) or job.settled_at or ""
+
+
+def _failed_from_events(spool: Spool, want: int, count: int, in_failed: int) -> list[str] | None:
+    """The failed/ names of the latest (up to *want*) jobs that the event log's end
+    shows going to failed/ and that are still there; None unless that makes *count*
+    of them, or all that failed/ holds."""
     from ..events import decode  # noqa: PLC0415 - only status reads events
     from ..spool.eventlog import EventLog  # noqa: PLC0415
 
@@ -301,6 +320,6 @@ def _failed_from_events(spool: Spool, count: int, in_failed: int) -> list[str] |
         name = layout.job_file(job_id)
         if name not in names and spool.store.has("failed", name):
             names.append(name)
-            if len(names) == count:
+            if len(names) == want:
                 return names
-    return names if len(names) >= in_failed else None
+    return names if len(names) >= min(count, in_failed) else None

@@ -111,6 +111,10 @@ class Worker:
         #: guards the claims (the index of pending/) and ``started``.
         self.running: dict[str, Running] = {}
         self.started = 0
+        #: Slot threads waiting for a job from the main thread (also under ``_claiming``).
+        #: Not ``concurrency - len(running)``: an ended attempt handed to a settler stays
+        #: in ``running`` until it is settled and reaped, while its slot runs the next job.
+        self._free = self.concurrency
         self._claiming = threading.Lock()
         self._log_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -227,7 +231,7 @@ class Worker:
         # The pause flag is looked at only when a slot is free: most wake-ups of a busy
         # worker come from its own jobs' files, with every slot taken.
         paused: bool | None = None
-        if len(self.running) < self.concurrency and not self._disk_low:
+        if self._free and not self._disk_low:
             paused = self.store.is_paused()
             if not paused:
                 self._fill(now)
@@ -286,7 +290,7 @@ class Worker:
     def _wait(self, timeout: float) -> None:
         # With every slot busy, news of pending/ can wait: the slot thread that claims
         # next reads it first. Waking for it would only take the GIL from the slots.
-        watch = self.watcher.available and (len(self.running) < self.concurrency or self.stop.requested)
+        watch = self.watcher.available and (self._free > 0 or self.stop.requested)
         fds = [self._wake_r] + ([self.watcher.fd] if watch else [])
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
@@ -303,11 +307,12 @@ class Worker:
 
     def _fill(self, now: float) -> None:
         """Give idle slots a job each."""
-        while len(self.running) < self.concurrency and not self.stop.requested:
+        while self._free and not self.stop.requested:
             with self._claiming:
                 run = self._claim(now, None)
-            if run is None:
-                return
+                if run is None:
+                    return
+                self._free -= 1
             self._slots.put(run)
 
     def _claim(self, now: float, previous: _Later | None) -> Running | None:
@@ -384,6 +389,8 @@ class Worker:
                 if nxt is None:
                     later()
             if nxt is None:
+                with self._claiming:
+                    self._free += 1
                 self.wake()  # this slot is free
                 run = self._slots.get()
             else:
@@ -395,6 +402,12 @@ class Worker:
         for here, not on the way to the next job."""
         while (later := self._settles.get()) is not None:
             later()
+            # The main thread reaps settled jobs when it wakes; it needs to soon only if a
+            # slot waits for a job (a dependency may just be met, a burst may be over) or
+            # a stop waits for the last job. With every slot busy, waking it would only
+            # take the interpreter lock from them.
+            if self._free or self.stop.requested:
+                self.wake()
 
     def _reap(self) -> None:
         with self._claiming:
