@@ -51,8 +51,8 @@ from taskq.worker import Worker
 from workerutil import STATES
 from workerutil import files as ls
 
-METHODS = ("write_new", "fsync", "fsync_dir", "rename", "link", "unlink", "mkdir", "open_lock", "overwrite", "append",
-           "open_append")
+METHODS = ("write_new", "fsync", "fsync_dir", "rename", "link", "unlink", "mkdir", "open_lock", "create_empty",
+           "overwrite", "append", "open_append")
 #: Writes to a job's log: a worker that cannot make them fails the attempt.
 LOG_METHODS = ("open_append", "append")
 ERRNOS = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO, "EACCES": errno.EACCES}

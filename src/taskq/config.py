@@ -7,6 +7,8 @@
     kill_grace = 5               # seconds between SIGTERM and SIGKILL
     events_max = "64MiB"         # rotate events.jsonl before it grows past this; 0 = never
     events_keep = 4              # rotated files kept: events.jsonl.1 ... .4
+    poll_interval = "1s"         # a worker re-lists pending/ this often (other hosts' jobs)
+    lease_timeout = "60s"        # another host takes over a worker's jobs after this silence
 
     [defaults]                   # any job field of taskq.job.DEFAULTABLE, and log_max
     max_attempts = 3
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ValidationError
-from .fields import DEFAULTABLE, TASK_FIELDS, shell_command, validate_fields
+from .fields import DEFAULTABLE, TASK_FIELDS, seconds, shell_command, validate_fields
 
 #: The key of ``[defaults]`` and ``[tasks.NAME]`` that is a setting, not a job field.
 LOG_MAX = "log_max"
@@ -50,6 +52,13 @@ DEFAULT_EVENTS_KEEP = 4
 #: More old event files than this is surely a typo (and each is renamed at rotation).
 MAX_EVENTS_KEEP = 1000
 DEFAULT_HOOK_TIMEOUT = 60.0
+#: How often a worker re-lists pending/ whatever inotify says: inotify sees no change
+#: made by another host of a shared filesystem (README, "Several hosts").
+DEFAULT_POLL_INTERVAL = 1.0
+#: How long a worker's lease lasts without renewal before another host may take over
+#: its jobs; the smallest accepted (for tests: a real network blip lasts longer).
+DEFAULT_LEASE_TIMEOUT = 60.0
+MIN_LEASE_TIMEOUT = 5.0
 #: The hooks a ``[hooks]`` or ``[tasks.NAME]`` table may set (README, "Hooks").
 HOOK_KINDS = ("on_success", "on_retry", "on_failure")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -97,6 +106,8 @@ class Config:
     #: fields: they are never copied into job records.
     task_hooks: dict[str, dict[str, str]] = field(default_factory=dict)
     hook_timeout: float = DEFAULT_HOOK_TIMEOUT
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    lease_timeout: float = DEFAULT_LEASE_TIMEOUT
 
     def hook(self, job_name: str | None, kind: str) -> str | None:
         """The command of hook *kind* for a job named *job_name*: its task type's if
@@ -124,7 +135,7 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
     data = load_toml(raw, where)
     cfg = Config()
     known = {"fsync", "min_free", "kill_grace", "events_max", "events_keep", "defaults", "tasks",
-             "permanent_exit_codes", "hooks"}
+             "permanent_exit_codes", "hooks", "poll_interval", "lease_timeout"}
     for key in data:
         if key not in known:
             raise ValidationError(f"{where}: unknown setting {key!r}")
@@ -144,6 +155,10 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
         cfg.events_keep = keep
     if "kill_grace" in data:
         cfg.kill_grace = validate_fields({"backoff": data["kill_grace"]})["backoff"]
+    if "poll_interval" in data:
+        cfg.poll_interval = _seconds(data["poll_interval"], f"{where}: poll_interval", 0.05, 3600.0)
+    if "lease_timeout" in data:
+        cfg.lease_timeout = _seconds(data["lease_timeout"], f"{where}: lease_timeout", MIN_LEASE_TIMEOUT, 86400.0)
     _hooks(data.get("hooks", {}), cfg, where)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -173,6 +188,14 @@ def parse_config(raw: bytes | None, where: str = "taskq.toml") -> Config:
             cfg.task_log_max[name] = parse_size(table.pop(LOG_MAX), f"{where}: [tasks.{name}]: {LOG_MAX}")
         cfg.tasks[name] = _fields(table, TASK_FIELDS, f"{where}: [tasks.{name}]", (LOG_MAX, *HOOK_KINDS))
     return cfg
+
+
+def _seconds(value: object, where: str, low: float, high: float) -> float:
+    """A duration setting (a number of seconds or a string like "5s"), from *low* to *high*."""
+    number = seconds(value, where)
+    if not low <= number <= high:
+        raise ValidationError(f"{where}: must be from {low:g} to {high:g} seconds, not {value!r}")
+    return number
 
 
 def load_toml(raw: bytes, where: str = "taskq.toml") -> dict[str, Any]:

@@ -53,6 +53,11 @@ class JobNotFoundError(TaskqError):
         self.job_id = job_id
 
 
+class FencedError(TaskqError):
+    """Raised when a worker must not change a job it held any more: its lease was lost,
+    or another host took the job over (its fence file is gone; README, "Several hosts")."""
+
+
 class StateConflictError(TaskqError):
     """Raised when a job is not in a state that allows the operation (retry of a done job...)."""
 

@@ -72,3 +72,52 @@ def is_id(value: object) -> TypeGuard[str]:
 def worker_id() -> str:
     """``host:pid``: the worker recorded in each attempt."""
     return f"{os.uname().nodename}:{os.getpid()}"
+
+
+_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_BOOT: list[str] = []
+
+
+def boot_id() -> str:
+    """This boot's identity (Linux: a random UUID drawn at boot), so that a process id
+    recorded before a reboot, or on another machine, is never mistaken for a live one."""
+    if not _BOOT:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as fh:
+                _BOOT.append(fh.read().strip() or "unknown")
+        except OSError:
+            _BOOT.append("unknown")
+    return _BOOT[0]
+
+
+def host_id() -> str:
+    """This host, as its workers' ids name it: ``HOST~BOOT`` (the host name made safe
+    for a file name, and the first 8 characters of the boot id). Two hosts with one
+    name still differ by boot; one host after a reboot is another host."""
+    host = _HOST_UNSAFE.sub("_", os.uname().nodename)[:64] or "host"
+    boot = _HOST_UNSAFE.sub("_", boot_id())[:8]
+    return f"{host}~{boot}"
+
+
+def new_worker_uid() -> str:
+    """A worker's id, unique across hosts and restarts: ``HOST~BOOT~PID~NONCE`` (see
+    :func:`host_id`; the nonce is random, drawn when the worker starts, and again if it
+    loses its lease). Its lease, its claims' fence files and its notes carry it."""
+    return f"{host_id()}~{os.getpid()}~{os.urandom(4).hex()}"
+
+
+WORKER_UID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}~[A-Za-z0-9_-]{1,8}~[0-9]{1,10}~[0-9a-f]{8}$")
+
+
+def is_worker_uid(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and WORKER_UID_RE.match(value) is not None
+
+
+def host_of(uid: str) -> str:
+    """The :func:`host_id` part of a worker's id."""
+    return uid.rsplit("~", 2)[0]
+
+
+def pid_of(uid: str) -> int:
+    """The process id part of a worker's id (meaningful on its own host only)."""
+    return int(uid.rsplit("~", 2)[1])

@@ -57,6 +57,11 @@ class Attempt:
     signal: int | None = None
     timed_out: bool = False
     error: str | None = None
+    #: The worker's id, unique across hosts (:func:`taskq.ids.new_worker_uid`).
+    worker_id: str | None = None
+    #: Why the attempt was closed by another worker than its own, in words (a lease
+    #: that expired: README, "Several hosts"); None otherwise.
+    detail: str | None = None
 
     @property
     def outcome(self) -> Outcome | None:
@@ -79,7 +84,7 @@ class Attempt:
         return self.finished_at is not None and self.error not in UNCOUNTED_ERRORS
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "number": self.number,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -89,6 +94,11 @@ class Attempt:
             "error": self.error,
             "worker": self.worker,
         }
+        if self.worker_id is not None:
+            data["worker_id"] = self.worker_id
+        if self.detail is not None:
+            data["detail"] = self.detail
+        return data
 
     @classmethod
     def from_dict(cls, data: object, where: str) -> Attempt:
@@ -106,7 +116,7 @@ class Attempt:
                 raise ValidationError("must be an integer or null", f"{where}.{key}")
         if not isinstance(data.get("timed_out", False), bool):
             raise ValidationError("must be true or false", f"{where}.timed_out")
-        for key in ("error", "worker"):
+        for key in ("error", "worker", "worker_id", "detail"):
             if data.get(key) is not None and not isinstance(data.get(key), str):
                 raise ValidationError("must be a string or null", f"{where}.{key}")
         return cls(
@@ -118,6 +128,8 @@ class Attempt:
             signal=data.get("signal"),
             timed_out=data.get("timed_out", False),
             error=data.get("error"),
+            worker_id=data.get("worker_id"),
+            detail=data.get("detail"),
         )
 
 

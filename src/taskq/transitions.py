@@ -25,17 +25,20 @@ repairs of ``fsck``: rename a misnamed pending file, set aside a second copy.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import times
-from .errors import SpoolError, StateConflictError, ValidationError
+from .errors import FencedError, SpoolError, StateConflictError, ValidationError
 from .ids import is_id, new_id, worker_id
 from .job import CANCELLED, WORKER_LOST, Attempt, Job, Outcome, build, is_complete
 from .policy import Decision, decide
 from .spool import layout
-from .spool.jobs import JobStore, Owned
-from .spool.layout import PendingName
+from .spool.jobs import Fences, JobStore, Owned, noted_worker
+from .spool.layout import Fence, PendingName
 from .spool.locks import Lock
+
+if TYPE_CHECKING:
+    from .spool.leases import Judge, Lease
 
 
 class Change(NamedTuple):
@@ -58,13 +61,15 @@ Callback = Callable[[Change], None]
 
 
 class Claimed:
-    """A job this process owns in running/: its record and its run lock."""
+    """A job this process owns in running/: its record, its run lock, and its fence
+    file's name (None for a process that is not a worker)."""
 
-    __slots__ = ("job", "owned")
+    __slots__ = ("job", "owned", "fence")
 
-    def __init__(self, job: Job, owned: Owned) -> None:
+    def __init__(self, job: Job, owned: Owned, fence: str | None = None) -> None:
         self.job = job
         self.owned = owned
+        self.fence = fence
 
     @property
     def lock(self) -> Lock:
@@ -88,11 +93,49 @@ class Transitions:
     is made, preparers of every committed change before it is written (see
     :meth:`subscribe`); each in the order they were added."""
 
-    def __init__(self, jobs: JobStore, observe: Callback | None = None, prepare: Callback | None = None) -> None:
+    def __init__(self, jobs: JobStore, observe: Callback | None = None, prepare: Callback | None = None,
+                 lease_timeout: Callable[[], float] | None = None) -> None:
         self.jobs = jobs
         self.store = jobs.store
+        self.fences = Fences(self.store)
         self.observers: list[Callback] = [observe] if observe is not None else []
         self.preparers: list[Callback] = [prepare] if prepare is not None else []
+        #: Set by a worker (:meth:`hold_lease`): its lease, whose id its claims' fence
+        #: files carry, and which must be valid for any change to a job it holds.
+        self.lease: Lease | None = None
+        self._lease_timeout = lease_timeout
+        self._judge: Judge | None = None
+
+    def hold_lease(self, lease: Lease) -> None:
+        """Make the claims and changes of this process a worker's, under *lease*."""
+        from .spool.leases import Judge  # noqa: PLC0415 - workers and recovery only: not on add's path
+
+        self.lease = lease
+        self._judge = Judge(self.store, lease.timeout, lease)
+
+    @property
+    def judge(self) -> Judge:
+        """Judges whether another host's worker still holds a job (by its lease)."""
+        if self._judge is None:
+            from .config import DEFAULT_LEASE_TIMEOUT  # noqa: PLC0415 - as above
+            from .spool.leases import Judge  # noqa: PLC0415
+
+            timeout = self._lease_timeout() if self._lease_timeout is not None else DEFAULT_LEASE_TIMEOUT
+            self._judge = Judge(self.store, timeout)
+        return self._judge
+
+    def _fenced(self, claimed: Claimed) -> None:
+        """Before a change to a job this worker holds: FencedError if its lease has run
+        out (another host may have taken the job over). The caller then consumes or
+        trades the job's fence file, which fails if one did."""
+        lease = self.lease
+        if lease is None:
+            return
+        if claimed.fence is not None and not claimed.fence.endswith(f".{lease.uid}{layout.FENCE}"):
+            raise FencedError(f"job {claimed.job.id} was claimed under an earlier lease of this worker")
+        if not lease.valid():
+            raise FencedError(f"the lease of this worker ran out while it held job {claimed.job.id} "
+                              f"(not renewed for {lease.since_renewal():.1f}s)")
 
     def subscribe(self, observe: Callback | None = None, prepare: Callback | None = None) -> None:
         """Add an observer (told of each change once it is made; it must not raise: the
@@ -159,26 +202,49 @@ class Transitions:
         owned = self.jobs.own(entry.id, ("pending", entry.name))
         if owned is None:
             return None  # busy, gone, or not a regular file: never touched
+        fence = None
         try:
+            if self.lease is not None:
+                if not self.lease.valid():
+                    raise FencedError("this worker's lease has run out: it claims nothing")
+                # Before the rename: from its first instant in running/, the job names
+                # its owner to other hosts.
+                fence = self.fences.make(entry.id, self.lease.uid)
             job = self._take(owned, sync_dir=False)  # a lost claim leaves the job pending
         except FileNotFoundError:
-            job = None
+            # Another process renamed it first. The run lock's file stays: on a shared
+            # filesystem that may be another host's claim (flock does not reach across
+            # hosts); recovery removes it once it is no one's.
+            if fence is not None:
+                self.fences.drop(fence)
+            owned.lock.release(remove=False)
+            return None
         except BaseException:
-            owned.release()
+            self._lost_claim(owned, fence)
             raise
-        if job is None:
-            owned.release()
+        if job is None:  # not a valid job: filed in failed/
+            self._lost_claim(owned, fence)
             return None
         owned.origin = "running"
         self._changed(Change("claim", job.id, "pending", "running", job))
-        return Claimed(job, owned)
+        return Claimed(job, owned, fence)
+
+    def _lost_claim(self, owned: Owned, fence: str | None) -> None:
+        """Let go of a claim that did not happen."""
+        if fence is not None:
+            self.fences.drop(fence)
+        owned.release()
 
     def start(self, claimed: Claimed, now: float, warn: Callable[[str], None] | None = None) -> Attempt:
         """Begin a new attempt: note it (in progress) beside the job, in its run lock's
         file; the record gets it when it is settled (:meth:`JobStore.note_attempt`).
         *warn* is told if the note had to go into the record instead."""
         job = claimed.job
-        attempt = Attempt(number=len(job.attempts) + 1, started_at=times.iso(now), worker=worker_id())
+        attempt = Attempt(number=len(job.attempts) + 1, started_at=times.iso(now), worker=worker_id(),
+                          worker_id=self.lease.uid if self.lease is not None else None)
+        if claimed.fence is not None and self.lease is not None:
+            self._fenced(claimed)
+            claimed.fence = self.fences.advance(claimed.fence, job.id, attempt.number, self.lease.uid)
         job.attempts.append(attempt)
         try:
             self.jobs.note_attempt(claimed.lock, attempt)
@@ -200,6 +266,7 @@ class Transitions:
         failed/, or back to pending/ at its retry time). Releases the run lock."""
         job = claimed.job
         try:
+            self._let_go(claimed)
             job.attempts[-1].close(outcome, now)
             decision = decide(job, outcome, now, jitter)
             self._settle_record(job, decision, now)
@@ -214,11 +281,20 @@ class Transitions:
         attempt recorded, ready at *not_before* at the earliest. Releases the lock."""
         job = claimed.job
         try:
+            self._let_go(claimed)
             decision = Decision("pending", run_at=max(job.run_at_ts, not_before), last_error=job.last_error)
             self._settle_record(job, decision, times.now())
             self._commit("unclaim", claimed.owned, job, "pending", decision)
         finally:
             claimed.owned.release()
+
+    def _let_go(self, claimed: Claimed) -> None:
+        """Consume this worker's fence file of *claimed* before settling it (FencedError
+        if its lease ran out or the file is gone: another host took the job over)."""
+        if claimed.fence is not None:
+            self._fenced(claimed)
+            fence, claimed.fence = claimed.fence, None
+            self.fences.consume(fence, claimed.job.id)
 
     def record_group(self, claimed: Claimed, pgid: int) -> None:
         """Note the attempt's process group beside it, for recovery."""
@@ -244,22 +320,65 @@ class Transitions:
         owned = Owned(job_id, lock, "running", layout.job_file(job_id))
         remove_lock = True
         try:
+            # On a filesystem shared by several hosts the free lock says nothing of
+            # another host's worker: its lease does (README, "Several hosts").
+            fences = self.fences.of(job_id)
+            holder, lapsed = self._holder_elsewhere(job_id, lock, fences)
+            if holder is not None:
+                remove_lock = False
+                return None
             if not self.store.has("running", owned.name):
+                for fence in fences:  # a claim that lost its race, or died before its rename
+                    self.fences.drop(fence.name)
                 return None
             if self.jobs.attempt_group(lock) is not None:
                 remove_lock = False  # a process of the attempt is still alive: not yet
+                return None
+            try:
+                for fence in fences:  # taking the job over: its worker, if it comes back, is fenced
+                    self.fences.consume(fence.name, job_id)
+            except FencedError:
+                remove_lock = False  # its worker is settling it, or another host took it first
                 return None
             try:
                 job = self.jobs.load("running", owned.name)
             except (ValidationError, SpoolError) as exc:
                 return self._recover_unreadable(owned, str(exc), now)
             what, decision = self._recovery(job, now, jitter)
+            if what == "worker lost" and lapsed is not None:
+                job.attempts[-1].detail = lapsed
             self._settle_record(job, decision, now)
             closed = Outcome(error=WORKER_LOST) if what == "worker lost" else None
             self._commit("recover", owned, job, decision.state, decision, closed)
             return what, decision
         finally:
             lock.release(remove=remove_lock)
+
+    def held_elsewhere(self, job_id: str, lock: Lock) -> str | None:
+        """The worker of another host that still holds the job in running/ whose run
+        lock the caller holds (its lease is live), or None."""
+        return self._holder_elsewhere(job_id, lock, self.fences.of(job_id))[0]
+
+    def _holder_elsewhere(self, job_id: str, lock: Lock, fences: list[Fence]) -> tuple[str | None, str | None]:
+        """The worker of another host that still holds *job_id* (its lease is live),
+        or None; and if its holders were other hosts' workers whose leases ran out,
+        what happened, in words. This host's workers are judged by the run lock,
+        which the caller holds: they are gone."""
+        judge = self.judge
+        holders = {fence.worker for fence in fences}
+        noted = noted_worker(lock.read())
+        if noted is not None:
+            holders.add(noted)
+        lapsed = []
+        for uid in sorted(holders):
+            if judge.is_local(uid):
+                continue
+            if judge.alive(uid):
+                return uid, None
+            age = judge.age(uid)
+            lapsed.append(f"lease of worker {uid} " + ("gone" if age is None else
+                          f"expired ({age:.1f}s old by the server's clock)") + f", taken over from {judge.host}")
+        return None, "; ".join(lapsed) or None
 
     @staticmethod
     def _recovery(job: Job, now: float, jitter: float) -> tuple[str, Decision]:
@@ -392,6 +511,12 @@ class Transitions:
     def cancel(self, owned: Owned, now: float) -> Job:
         """Cancel an owned job: pending (moved through running/), or running with no
         live process (its attempt is closed as cancelled)."""
+        if owned.state == "running":
+            try:
+                for fence in self.fences.of(owned.id):  # its worker, if it comes back, is fenced
+                    self.fences.consume(fence.name, owned.id)
+            except FencedError:
+                raise StateConflictError(f"job {owned.id} is busy; try again") from None
         job = self._take(owned)
         if job is None:
             raise StateConflictError(f"job {owned.id} is not a valid job file: moved to failed/")

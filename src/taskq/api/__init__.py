@@ -49,7 +49,7 @@ class Spool:
         self.path = resolve_spool(path)
         self.store = Store(self.path)
         self.jobs = JobStore(self.store)
-        self.transitions = Transitions(self.jobs)
+        self.transitions = Transitions(self.jobs, lease_timeout=lambda: self.config.lease_timeout)
         #: writes each state change to the event log (a worker sets its ``worker``)
         self.event_recorder = EventRecorder(EventLog(self.store), self._event_settings)
         self.transitions.subscribe(observe=self.event_recorder)

@@ -237,7 +237,8 @@ class _Checker:
         if lock is None:
             yield None
             return
-        alive = self.jobs.attempt_group(lock) is not None
+        # Another host's worker may hold it: its run lock is not seen from here.
+        alive = self.jobs.attempt_group(lock) is not None or self.transitions.held_elsewhere(job_id, lock) is not None
         try:
             yield None if alive else lock
         finally:

@@ -114,6 +114,11 @@ def _cancel_one(spool: Spool, job_id: str, wait: float) -> Job:
                 return spool.get(job_id)
             raise StateConflictError(f"job {job_id} is already {state}")
         owned = spool.jobs.own(job_id, found)
+        if owned is not None and state == "running" and spool.transitions.held_elsewhere(job_id, owned.lock):
+            # Its lock was free only because its worker is on another host (README,
+            # "Several hosts"): ask that worker, like any worker that holds its job.
+            owned.lock.release(remove=False)
+            owned = None
         if owned is not None:
             try:
                 _stop_leftovers(spool, owned)

@@ -72,6 +72,11 @@ class FileIO:
         """Open (creating it if need be) a lock file; the descriptor is returned."""
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
+    def create_empty(self, path: str, mode: int) -> None:
+        """Create an empty file that must not exist yet (O_EXCL: one server-side
+        operation on NFS, exclusive across its clients)."""
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode))
+
     def overwrite(self, fd: int, data: bytes) -> None:
         """Replace the whole content of an open (lock) file with *data* (one line).
         Written first, cut to its length after: a process killed in between leaves

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import times
-from ..errors import SpoolError, ValidationError
-from ..ids import new_id
+from ..errors import FencedError, SpoolError, ValidationError
+from ..ids import boot_id, new_id
 from ..job import Attempt, Job, is_complete, parse_json_bytes
 from . import layout, locks
 from .locks import Lock
-from .store import Store, open_to_read
+from .store import Store, io_error, open_to_read
 
 #: A job's place: (state directory, file name).
 Where = tuple[str, str]
@@ -271,6 +271,8 @@ class JobStore:
         """Note *attempt* (in progress) in its run lock's file, with its process group
         once there is one."""
         text = f"attempt={attempt.number} started={attempt.started_at} worker={attempt.worker}"
+        if attempt.worker_id:
+            text += f" wid={attempt.worker_id}"
         if pgid is not None:
             text += f" pgid={pgid} boot={boot_id()}"
         lock.write(text, durable=False)
@@ -302,7 +304,7 @@ class JobStore:
             return None
         if number != recorded + 1:
             return None
-        return Attempt(number=number, started_at=started, worker=worker)
+        return Attempt(number=number, started_at=started, worker=worker, worker_id=fields.get("wid"))
 
     def with_note(self, job: Job) -> Job:
         """*job* (read from running/) with its noted attempt in progress added, if any."""
@@ -338,25 +340,80 @@ class JobStore:
         return out
 
 
+class Fences:
+    """The fencing tokens of jobs in running/ (``ID.N.WORKER.fence``, see
+    :func:`taskq.spool.layout.fence_file`). Each change is one operation that the
+    server of a shared filesystem makes atomically for all its clients: create with
+    O_EXCL, rename (its source must exist), unlink (likewise); whoever finds the name
+    gone has lost the job."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def make(self, job_id: str, worker: str) -> str:
+        """A worker's token for a job it is claiming (N = 0), made before the claim's
+        rename: from the moment the job is in running/, it names its owner."""
+        name = layout.fence_file(job_id, 0, worker)
+        path = self.store.path("running", name)
+        try:
+            self.store.io.create_empty(path, layout.FILE_MODE)
+        except OSError as exc:
+            raise io_error("create", path, exc) from None
+        return name
+
+    def advance(self, name: str, job_id: str, attempt: int, worker: str) -> str:
+        """Trade the token *name* for attempt *attempt*'s (the start of the attempt)."""
+        new = layout.fence_file(job_id, attempt, worker)
+        try:
+            self.store.io.rename(self.store.path("running", name), self.store.path("running", new))
+        except FileNotFoundError:
+            raise FencedError(f"job {job_id} was taken over by another worker") from None
+        except OSError as exc:
+            raise io_error("rename", self.store.path("running", name), exc) from None
+        return new
+
+    def consume(self, name: str, job_id: str) -> None:
+        """Give up the token *name* before changing the job; FencedError if it is gone."""
+        try:
+            self.store.io.unlink(self.store.path("running", name))
+        except FileNotFoundError:
+            raise FencedError(f"job {job_id} was taken over by another worker") from None
+        except OSError as exc:
+            raise io_error("remove", self.store.path("running", name), exc) from None
+
+    def drop(self, name: str) -> None:
+        """Remove a token of our own that no longer matters (a lost claim)."""
+        self.store.discard(self.store.path("running", name))
+
+    def of(self, job_id: str) -> list[layout.Fence]:
+        """The tokens of *job_id* (one, except for a moment while claims race)."""
+        prefix = job_id + "."
+        out = []
+        for name in self.store.names("running", suffix=layout.FENCE):
+            if name.startswith(prefix):
+                fence = layout.parse_fence_file(name)
+                if fence is not None and fence.job_id == job_id:
+                    out.append(fence)
+        return out
+
+    def strays(self) -> list[layout.Fence]:
+        """Tokens with no job file in running/ beside them: a claim that lost its race
+        or a worker that died before its claim's rename."""
+        jobs = set(self.store.names("running"))
+        return [fence for name in self.store.names("running", suffix=layout.FENCE)
+                if (fence := layout.parse_fence_file(name)) is not None
+                and layout.job_file(fence.job_id) not in jobs]
+
+
+def noted_worker(text: str) -> str | None:
+    """The worker id (``wid=``) in a run lock's note, if any."""
+    return _fields(text).get("wid")
+
+
 def _fields(text: str) -> dict[str, str]:
     """The ``key=value`` words of a run lock's note: its first line (what follows it
     is the tail of a longer note cut short, see ``FileIO.overwrite``)."""
     return dict(part.split("=", 1) for part in text.split("\n", 1)[0].split() if "=" in part)
-
-
-_BOOT_ID: list[str] = []
-
-
-def boot_id() -> str:
-    """This boot's identity (Linux), so that a process group id recorded before a
-    reboot is never mistaken for a live one."""
-    if not _BOOT_ID:
-        try:
-            with open("/proc/sys/kernel/random/boot_id") as fh:
-                _BOOT_ID.append(fh.read().strip())
-        except OSError:
-            _BOOT_ID.append("unknown")
-    return _BOOT_ID[0]
 
 
 def mtime_of(entry: os.DirEntry[str]) -> float:

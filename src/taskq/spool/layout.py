@@ -5,12 +5,14 @@ a file name. Pure: no I/O.
 
     SPOOL/tmp/      staging: written and fsynced here, then renamed into place
     SPOOL/pending/  PRIO.RUNAT.ID[.after].json   (see below), and drop-in files
-    SPOOL/running/  ID.json; ID.lock held by the attempt's processes; ID.cancel
+    SPOOL/running/  ID.json; ID.lock held by the attempt's processes; ID.cancel;
+                    ID.N.WORKER.fence: the claim (N=0) or attempt N of a worker (below)
     SPOOL/done/     ID.json
     SPOOL/failed/   ID.json, and ID.reason beside a file that was not a valid job
     SPOOL/logs/     ID.log; ID.cuts beside a log that ``log_max`` has cut
     SPOOL/keys/     one small file per unique key (sha256 of the key), naming its job
     SPOOL/hooks/    ID.attempt-N.json, ID.dependency.json: a hook due (see below)
+    SPOOL/leases/   WORKER.lease: a worker's lease, its mtime renewed (README, "Several hosts")
     SPOOL/paused    present while the spool is paused
     SPOOL/events.jsonl   one JSON line per state change; events.jsonl.1 ... older ones
     SPOOL/events.lock    taken (flock) by the process that rotates the event log
@@ -57,6 +59,7 @@ DIRS = ("tmp", *STATES, "logs")
 TMP = "tmp"
 LOGS = "logs"
 KEYS = "keys"
+LEASES = "leases"
 HOOKS = "hooks"
 PAUSED = "paused"
 CONFIG = "taskq.toml"
@@ -75,6 +78,8 @@ JSON = ".json"
 LOCK = ".lock"
 CANCEL = ".cancel"
 REASON = ".reason"
+FENCE = ".fence"
+LEASE = ".lease"
 
 
 # -- per-job names -----------------------------------------------------------------------
@@ -93,6 +98,37 @@ def lock_file(job_id: str) -> str:
 def cancel_file(job_id: str) -> str:
     """``running/ID.cancel``: asks the worker running the job to stop it."""
     return job_id + CANCEL
+
+
+def fence_file(job_id: str, attempt: int, worker: str) -> str:
+    """``running/ID.N.WORKER.fence``: the fencing token of a worker's hold on a job in
+    running/, N = 0 from its claim, the attempt's number once started. Every change
+    the worker makes to the job consumes it first (a rename's source must exist), and
+    a host taking the job over consumes it too: a worker that finds its token gone
+    has been fenced, and must not touch the job (README, "Several hosts")."""
+    return f"{job_id}.{attempt}.{worker}{FENCE}"
+
+
+class Fence(NamedTuple):
+    job_id: str
+    attempt: int
+    worker: str
+    name: str
+
+
+_FENCE_RE = re.compile(r"([A-Za-z0-9_-]{1,128})\.([0-9]{1,9})\.([A-Za-z0-9_~-]{1,120})\.fence")
+
+
+def parse_fence_file(name: str) -> Fence | None:
+    m = _FENCE_RE.fullmatch(name)
+    if m is None:
+        return None
+    return Fence(m.group(1), int(m.group(2)), m.group(3), name)
+
+
+def lease_file(worker: str) -> str:
+    """``leases/WORKER.lease``: the lease of the worker whose id is *worker*."""
+    return worker + LEASE
 
 
 def reason_file(job_id: str) -> str:

@@ -5,18 +5,29 @@
   whose lock can be taken has no live worker and no live process. Its content notes
   the attempt's process group (:func:`taskq.spool.jobs.JobStore.attempt_group`).
 * ``keys/<sha256 of the key>`` is held while an ``add`` or ``retry`` decides whether a
-  key is free; its content names the job that holds the key.
+  key is free; its content names the job that holds the key. flock does not reach
+  across the hosts of a shared filesystem, so whoever holds it also creates
+  ``keys/<sha256>.excl`` with O_EXCL (exclusive on NFS too) for that moment, and
+  removes it after; one left by a process that died is broken once it is
+  :data:`KEY_MUTEX_STALE` seconds old by the server's clock.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import time
 
 from ..errors import SpoolError
 from . import layout
 from .store import Store, io_error
 
+#: A key's ``.excl`` file older than this (by the server's clock) was left by a
+#: process that died while deciding about the key: an ``add`` holds it for
+#: milliseconds.
+KEY_MUTEX_STALE = 30.0
+EXCL = ".excl"
 
 class Lock:
     """An flock(2) held on a file; the descriptor can be handed to child processes."""
@@ -25,6 +36,8 @@ class Lock:
         self.store = store
         self.path = path
         self.fd = fd
+        #: The file that makes the lock exclusive across hosts too (unique keys).
+        self.mutex: str | None = None
 
     def read(self) -> str:
         """What the lock's file says: its first line (see ``FileIO.overwrite``)."""
@@ -50,6 +63,9 @@ class Lock:
             return
         if remove:
             self.store.discard(self.path)
+        if self.mutex is not None:
+            self.store.discard(self.mutex)
+            self.mutex = None
         os.close(self.fd)
         self.fd = -1
 
@@ -89,7 +105,47 @@ def key_lock(store: Store, key: str) -> Lock:
         raise io_error("create", keys, exc) from None
     lock = take(store, os.path.join(keys, layout.key_file(key)), blocking=True)
     assert lock is not None  # a blocking take always returns a lock
+    try:
+        lock.mutex = _exclusive(store, lock.path + EXCL)
+    except BaseException:
+        lock.release(remove=False)
+        raise
     return lock
+
+
+def _exclusive(store: Store, path: str) -> str:
+    """Create *path* with O_EXCL, waiting while another host's process has it; break
+    it if it is stale (see the module's docstring). Returns *path*."""
+    delay = 0.002
+    while True:
+        try:
+            store.io.create_empty(path, layout.FILE_MODE)
+            return path
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise io_error("create", path, exc) from None
+        try:
+            age = _server_age(store, path)
+        except FileNotFoundError:
+            continue  # let go of just now: try again at once
+        if age > KEY_MUTEX_STALE:
+            store.discard(path)
+            continue
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _server_age(store: Store, path: str) -> float:
+    from .leases import probe_server_time  # noqa: PLC0415 - only when a key is contended
+
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise FileNotFoundError(path) from None
+        raise io_error("stat", path, exc) from None
+    return probe_server_time(store) - mtime
 
 
 def drop_keys(store: Store, holders: set[str]) -> int:
@@ -114,7 +170,8 @@ def drop_keys(store: Store, holders: set[str]) -> int:
 def key_names(store: Store) -> list[str]:
     """The names of the unique-key files (none when keys/ does not exist)."""
     try:
-        return [name for name in os.listdir(store.top(layout.KEYS)) if not name.startswith(".")]
+        return [name for name in os.listdir(store.top(layout.KEYS))
+                if not name.startswith(".") and not name.endswith(EXCL)]
     except FileNotFoundError:
         return []
     except OSError as exc:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from .. import times
 from ..config import DEFAULT_LOG_MAX
-from ..errors import SpoolError
+from ..errors import FencedError, SpoolError
 from ..job import CANCELLED, INTERRUPTED, Attempt, Outcome
 from ..policy import Decision, describe
 from ..runner import Control, Runner
@@ -81,6 +81,9 @@ class AttemptRunner:
         try:
             try:
                 decision = self.transitions.settle(claimed, ended.outcome, times.now(), self.rng.random())
+            except FencedError as exc:
+                self.event(f"fenced: attempt {ended.attempt.number} of {claimed.job.id} not settled: {exc}")
+                return
             except SpoolError as exc:
                 self.event(f"cannot settle {claimed.job.id}: {exc} (recovery will retry it)")
                 return
@@ -93,6 +96,10 @@ class AttemptRunner:
         job = claimed.job
         try:
             attempt = self.transitions.start(claimed, times.now(), self.event)
+        except FencedError as exc:
+            self.event(f"fenced: not starting {job.id}: {exc}")
+            claimed.lock.release(remove=False)
+            return None
         except SpoolError as exc:
             # Nothing ran: put the job back as it was, uncounted. If even that fails,
             # it stays in running/ unowned and recovery returns it.

@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from .. import times
-from ..errors import SpoolError, TaskqError, ValidationError
+from ..errors import FencedError, SpoolError, TaskqError, ValidationError
 from ..policy import Verdict, dependency_verdict
 from ..spool import layout
 from ..spool.jobs import pending_file
@@ -40,6 +40,7 @@ class Claims:
         self.watcher = watcher
         self.event = event
         self.index = PendingIndex()
+        self.poll_interval = spool.config.poll_interval
         self._pending_mtime = -1
         self._last_relist = 0.0
         #: Drop-in files that could not be taken in (an I/O error): tried again later.
@@ -47,31 +48,43 @@ class Claims:
 
     # -- keeping the index current -----------------------------------------------------
 
-    def relist(self, now: float) -> None:
+    def relist(self, now: float, merge: bool = False) -> None:
+        """List pending/ afresh: the index starts over, or with *merge* keeps what it
+        knows of the names still there (see :meth:`PendingIndex.merge`)."""
         try:
             mtime = self.store.dir_mtime("pending")
             names = self.store.names("pending")
         except (OSError, TaskqError) as exc:
             self.event(f"cannot list pending/: {exc}")
             return
-        self.index.reset(names, times.name_key(now))
+        if merge:
+            self.index.merge(names, times.name_key(now))
+            # Jobs held back by a dependency are judged again: it may have been settled
+            # where no inotify event tells (another host; no inotify at all).
+            self.index.unblock()
+        else:
+            self.index.reset(names, times.name_key(now))
         self._pending_mtime = mtime
         self._last_relist = now
 
     def refresh(self, now: float) -> None:
-        """Bring the index up to date with the directory."""
+        """Bring the index up to date with the directory: inotify's news, and a new
+        listing every ``poll_interval`` whatever inotify says, for the jobs that other
+        hosts of a shared filesystem add (inotify sees only this host's changes)."""
         if not self.watcher.available:
             try:
                 mtime = self.store.dir_mtime("pending")
             except OSError:
                 return
-            if mtime != self._pending_mtime or now - self._last_relist >= RELIST_PERIOD:
-                self.relist(now)
+            if mtime != self._pending_mtime or now - self._last_relist >= min(RELIST_PERIOD, self.poll_interval):
+                self.relist(now, merge=True)
             return
         changes = self.watcher.read()
         if changes is None:  # the event queue overflowed
             self.relist(now)
             return
+        if now - self._last_relist >= self.poll_interval:
+            self.relist(now, merge=True)
         now_key = times.name_key(now)
         settled = False
         for label, name, added, created in changes:
@@ -143,6 +156,9 @@ class Claims:
                 return None
             try:
                 claimed = self._try(entry, now, busy)
+            except FencedError:
+                self.index.push(entry)  # still pending: for this worker's next lease
+                return None
             except SpoolError as exc:
                 self.event(f"cannot claim {entry.id}: {exc}")
                 # Not forgotten: if it is still pending, look again a little later.

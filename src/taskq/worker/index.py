@@ -33,6 +33,18 @@ class PendingIndex:
         for name in names:
             self.add(name, now_key)
 
+    def merge(self, names: list[str], now_key: str) -> None:
+        """Bring the index in line with a fresh listing of pending/: names new to it are
+        added, names gone are dropped; what it knows of the others (held back by a
+        dependency, deferred) stays."""
+        listed = set(names)
+        for name in self.present - listed:
+            self.remove(name)
+        for name in self.foreign - listed:
+            self.foreign.discard(name)
+        for name in listed - self.present - self.foreign:
+            self.add(name, now_key)
+
     def add(self, name: str, now_key: str) -> None:
         if not is_listed(name) or name in self.present:
             return

@@ -41,6 +41,7 @@ from .attempt import AttemptRunner, Ended, Running
 from .claims import Claims
 from .hooks import Hooks
 from .index import key_to_ts
+from .lease import LeaseKeeper
 from .metrics import DEFAULT_INTERVAL, MetricsFile
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ class Worker:
         self._last_draw = 0.0
         self._stop_deadline: float | None = None
         self._metrics: MetricsFile | None = None
+        self.keeper: LeaseKeeper | None = None
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -191,6 +193,10 @@ class Worker:
         self.spool.transitions.subscribe(observe=self.hooks.observe, prepare=self.hooks.prepare)
         self.hooks.start()
         become_subreaper()
+        # The lease before recovery: recovery judges other hosts' leases by the time
+        # the server gives ours.
+        self.keeper = LeaseKeeper(self.spool.transitions, config.lease_timeout, self.event, self._fence)
+        self.keeper.start()
         self._threads = [threading.Thread(target=self._slot, daemon=True, name=f"taskq-slot-{n}")
                          for n in range(self.concurrency)]
         self._threads += [threading.Thread(target=self._settler, daemon=True, name=f"taskq-settle-{n}")
@@ -231,18 +237,32 @@ class Worker:
         # The pause flag is looked at only when a slot is free: most wake-ups of a busy
         # worker come from its own jobs' files, with every slot taken.
         paused: bool | None = None
-        if self._free and not self._disk_low:
+        if self._free and not self._disk_low and self._leased():
             paused = self.store.is_paused()
             if not paused:
                 self._fill(now)
         if self.burst and not self.running:
             if paused is None:
                 paused = self.store.is_paused()
-            if paused or self._disk_low:
+            if paused or self._disk_low or not self._leased():
                 return False
             with self._claiming:
                 return self.claims.any_ready(now)
         return True
+
+    def _leased(self) -> bool:
+        """Whether this worker's lease lets it claim (see :mod:`.lease`)."""
+        return self.keeper is None or self.keeper.valid()
+
+    def _fence(self) -> None:
+        """The lease is lost: stop every attempt at once (their settles are refused),
+        and return once they have all ended."""
+        runs = [run for run in list(self.running.values()) if not run.finished]
+        for run in runs:
+            run.control.hard.set()
+            run.control.interrupt.set()
+        while not all(run.finished for run in runs) and not self.stop.hard:
+            threading.Event().wait(0.05)
 
     def busy(self) -> int:
         """How many attempts run (or await their settle) right now."""
@@ -267,6 +287,10 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout=SLOT_JOIN)  # after a hard stop an attempt may still be ending
         self._threads = []
+        if self.keeper is not None:
+            # Given up only if nothing of ours runs any more: else it expires, and
+            # other hosts wait that long before taking over what may still run.
+            self.keeper.stop(remove=all(run.finished for run in self.running.values()))
         if self._metrics is not None:
             self._metrics.stop()  # the last write, with every attempt settled
         if self.view is not None:
@@ -279,7 +303,7 @@ class Worker:
     def _timeout(self, now: float) -> float:
         if self.stop.requested:
             return 0.1
-        timeout = IDLE_WAKE
+        timeout = IDLE_WAKE if not self._free else min(IDLE_WAKE, self.claims.poll_interval)
         due = self.claims.index.next_due()
         if due is not None:
             timeout = min(timeout, max(0.0, key_to_ts(due) - now) + 0.001)
@@ -338,7 +362,7 @@ class Worker:
                     later()  # the settlers are behind: this slot waits for the disk too
 
         control = Control(on_spawn=on_spawn)
-        control.tick = lambda: self._watch_cancel(claimed.job.id, control)
+        control.tick = lambda: self._watch(claimed.job.id, control)
         if self.stop.hard:
             control.hard.set()
         run = Running(claimed, control, previous=previous)
@@ -350,7 +374,7 @@ class Worker:
         """For a slot thread whose attempt has ended: the next job, claimed as the main
         thread would (not while stopping, paused or short of space; inotify's news of
         pending/ read first), or None."""
-        if self.stop.requested or self._disk_low or self.store.is_paused():
+        if self.stop.requested or self._disk_low or not self._leased() or self.store.is_paused():
             return None
         with self._claiming:
             now = times.now()
@@ -423,6 +447,17 @@ class Worker:
             if not run.finished:
                 self._watch_cancel(job_id, run.control)
 
+    def _watch(self, job_id: str, control: Control) -> None:
+        """For the thread supervising an attempt: stop it at once if the worker's lease
+        has run out (another host may take the job over: README, "Several hosts"; the
+        lease thread may be stuck on an unreachable server), or if cancelled."""
+        if not control.hard.is_set() and not self._leased():
+            self.event(f"lease lost: stopping {job_id}")
+            control.hard.set()
+            control.interrupt.set()
+            return
+        self._watch_cancel(job_id, control)
+
     def _watch_cancel(self, job_id: str, control: Control) -> None:
         """Stop the attempt of *job_id* if ``taskq cancel`` has asked for it."""
         if not control.cancel.is_set() and self.spool.jobs.cancel_requested(job_id):
@@ -467,11 +502,17 @@ class Worker:
 
     def _recover(self, now: float) -> None:
         self._last_recovery = now
+        if not self._leased():
+            return  # judging others needs the server's time from a lease of our own
+        transitions = self.spool.transitions
         try:
             ids = self.spool.jobs.ids("running") + self.spool.jobs.stray_locks()
+            ids += [fence.job_id for fence in transitions.fences.strays()]
+            for uid in transitions.judge.reap():
+                self.event(f"removed the lease of worker {uid}: gone")
         except TaskqError:
             return
-        for job_id in ids:
+        for job_id in dict.fromkeys(ids):
             if job_id in self.running:
                 continue
             try:
