@@ -6,14 +6,15 @@ claims its next job itself and, once the next one's process has started, hands t
 ended one to a settler thread (:meth:`Worker._slot`), so a queue of short jobs drains
 without waking the main thread between them. The main thread gives work to idle slots, watches the spool,
 passes on cancel requests, recovers jobs of dead workers and handles signals. Any
-number of workers may share a spool: a claim is a rename, which only one of them can
-win.
+number of workers may share a spool, on one host or several (a lease each,
+:mod:`.lease`): a claim is a rename, which only one of them can win.
 
 :meth:`Worker.run_once` is one iteration of the main loop and takes the time as a
 parameter; :meth:`Worker.run` sets up, then repeats it, waiting in between for
 inotify, a finished attempt, a signal or the next scheduled job. The index of pending/
-(:mod:`.index`) is kept current by inotify events; without inotify it re-lists when
-the directory's mtime changes and once a second.
+(:mod:`.index`) is kept current by inotify events, and merged with a new listing every
+``poll_interval`` (other hosts' changes raise no inotify event); without inotify it
+re-lists when the directory's mtime changes and once a second.
 """
 
 from __future__ import annotations
