@@ -313,3 +313,24 @@ def test_a_unique_key_waits_for_another_hosts_exclusive_file_and_breaks_a_stale_
     lock.release(remove=False)
     assert not excl.exists()
     assert locks.key_names(api.store) == [layout.key_file("k")]
+
+
+def test_a_lapsed_hosts_job_is_taken_over_even_while_its_run_lock_is_held(api):
+    """On a filesystem whose locks reach across hosts (NFSv4), a frozen host keeps its
+    locks until the server gives up on it: its lease decides, not its lock."""
+    job, fence = held_by_other_host(api, lease_age=1.0)
+    held = locks.run_lock(api.store, job.id)  # the frozen host's lock, still held
+    assert held is not None
+    try:
+        assert api.transitions.recover(job.id, times.now(), 0.5) is None  # its lease is live
+        other_lease(api, age=61.0)
+        what, decision = api.transitions.recover(job.id, times.now(), 0.5)
+        assert (what, decision.state) == ("worker lost", "pending") and not fence.exists()
+    finally:
+        held.release(remove=False)
+    # A job of this host whose lock is held is never taken: its worker is alive.
+    api.add(["true"])
+    claimed = claim_one(api)
+    api.transitions.start(claimed, times.now())
+    assert api.transitions.recover(claimed.job.id, times.now(), 0.5) is None
+    claimed.lock.release(remove=False)

@@ -313,8 +313,13 @@ class Transitions:
           its recorded outcome;
         * a job claimed but never started goes back to pending as it was;
         * a drop-in file caught half taken in goes back to pending/ as it was.
+
+        A job held by another host's worker is judged by that worker's lease instead
+        (README, "Several hosts"), even when its run lock is held: on a filesystem
+        whose locks reach across hosts, a frozen or cut-off host keeps its locks until
+        the server gives up on it, which can be long after its lease ran out.
         """
-        lock = self.jobs.own_lock(job_id)
+        lock = self.jobs.own_lock(job_id) or self._lapsed_holders_lock(job_id)
         if lock is None:
             return None
         owned = Owned(job_id, lock, "running", layout.job_file(job_id))
@@ -353,6 +358,20 @@ class Transitions:
             return what, decision
         finally:
             lock.release(remove=remove_lock)
+
+    def _lapsed_holders_lock(self, job_id: str) -> Lock | None:
+        """The run lock's file of *job_id*, opened but not locked, if every worker that
+        holds the job is another host's and its lease has run out; else None. Taking
+        the job over is then decided by consuming its fence files, which only one
+        process can do."""
+        holders = {fence.worker for fence in self.fences.of(job_id)}
+        noted = noted_worker(self.jobs.note_text(job_id))
+        if noted is not None:
+            holders.add(noted)
+        judge = self.judge
+        if not holders or any(judge.is_local(uid) or judge.alive(uid) for uid in holders):
+            return None
+        return self.jobs.open_lock_file(job_id)
 
     def held_elsewhere(self, job_id: str, lock: Lock) -> str | None:
         """The worker of another host that still holds the job in running/ whose run

@@ -277,24 +277,37 @@ class JobStore:
             text += f" pgid={pgid} boot={boot_id()}"
         lock.write(text, durable=False)
 
-    def noted_attempt(self, job_id: str, recorded: int) -> Attempt | None:
-        """The attempt in progress noted in running/ID.lock, if it is the one after the
-        *recorded* attempts of the job's record (an older note is stale: left by a
-        worker that died after settling that attempt)."""
+    def note_text(self, job_id: str) -> str:
+        """What running/ID.lock says, read without locking it ("" if unreadable)."""
         path = self.store.path("running", layout.lock_file(job_id))
         try:
             fd = open_to_read(path)
         except SpoolError:
-            return None
+            return ""
         if fd is None:
-            return None
+            return ""
         try:
-            text = os.read(fd, 4096).decode("utf-8", "replace")
+            return os.read(fd, 4096).decode("utf-8", "replace")
         except OSError:
-            return None
+            return ""
         finally:
             os.close(fd)
-        fields = _fields(text)
+
+    def open_lock_file(self, job_id: str) -> Lock | None:
+        """running/ID.lock opened without taking its lock (a holder that lost its lease
+        may keep it locked); None if it is not there."""
+        path = self.store.path("running", layout.lock_file(job_id))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        return Lock(self.store, path, fd)
+
+    def noted_attempt(self, job_id: str, recorded: int) -> Attempt | None:
+        """The attempt in progress noted in running/ID.lock, if it is the one after the
+        *recorded* attempts of the job's record (an older note is stale: left by a
+        worker that died after settling that attempt)."""
+        fields = _fields(self.note_text(job_id))
         try:
             number = int(fields.get("attempt", ""))
             started = fields["started"]
