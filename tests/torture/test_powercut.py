@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,6 +34,8 @@ import pytest
 from workerutil import STATES
 
 LAZYFS = os.environ.get("TASKQ_LAZYFS", "")
+#: Seconds a round may take up to the cut (it takes a few): beyond, LazyFS has hung.
+WATCHDOG = 90.0
 
 pytestmark = pytest.mark.skipif(
     not (LAZYFS and os.access(LAZYFS, os.X_OK) and os.geteuid() == 0 and os.path.exists("/dev/fuse")),
@@ -66,6 +69,7 @@ class LazyFS:
         (self.ctl / "lazyfs.toml").write_text(CONFIG.format(ctl=self.ctl))
         # LazyFS opens the completion FIFO when it starts: keep a reader open.
         self.done = os.open(self.ctl / "done.fifo", os.O_RDWR | os.O_NONBLOCK)
+        self.hung = False
         self.output = open(self.ctl / "lazyfs.out", "wb")
         self.proc = subprocess.Popen(
             [LAZYFS, str(self.mnt), "--config-path", str(self.ctl / "lazyfs.toml"),
@@ -92,6 +96,15 @@ class LazyFS:
                 seen += os.read(self.done, 4096)
             except BlockingIOError:
                 time.sleep(0.05)
+
+    def abort(self) -> None:
+        """The watchdog's way out when LazyFS itself hangs (it has deadlocked with every
+        thread in a futex wait): kill it and detach the mount, so that processes stuck
+        in its requests get an error instead of waiting for ever."""
+        self.hung = True
+        self.proc.kill()
+        subprocess.run(["fusermount3", "-uz", str(self.mnt)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def tail(self) -> str:
         return (self.ctl / "lazyfs.out").read_text(errors="replace")[-800:]
@@ -150,6 +163,10 @@ def test_every_acknowledged_job_survives_a_power_cut(tmp_path, taskq_exe, round_
     acked = tmp_path / "acked.txt"
     env = {**os.environ, "TASKQ_SPOOL": str(spool)}
     procs: list[subprocess.Popen[bytes]] = []
+    # LazyFS, not taskq, has been seen to deadlock: fail then, rather than hang.
+    watchdog = threading.Timer(WATCHDOG, fs.abort)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         subprocess.run([taskq_exe, "add", "--", "true"], env=env, check=True, stdout=subprocess.DEVNULL)
         for _ in range(2):
@@ -165,7 +182,9 @@ def test_every_acknowledged_job_survives_a_power_cut(tmp_path, taskq_exe, round_
         for proc in procs:
             proc.kill()
             proc.wait()
+        watchdog.cancel()
         fs.unmount()
+    assert not fs.hung, f"LazyFS hung (killed after {WATCHDOG:g}s): {fs.tail()}"
     root = fs.root / "spool"
     acknowledged = set(acked.read_text().split())
     assert len(acknowledged) > 50, "too few jobs were added to test anything"
