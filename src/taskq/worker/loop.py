@@ -503,8 +503,6 @@ class Worker:
 
     def _recover(self, now: float) -> None:
         self._last_recovery = now
-        if not self._leased():
-            return  # judging others needs the server's time from a lease of our own
         transitions = self.spool.transitions
         try:
             ids = self.spool.jobs.ids("running") + self.spool.jobs.stray_locks()
