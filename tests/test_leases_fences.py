@@ -92,7 +92,10 @@ def test_a_worker_id_names_its_host_and_boot_and_is_new_each_time():
     first, second = new_worker_uid(), new_worker_uid()
     assert first != second and is_worker_uid(first) and is_worker_uid(second)
     assert first.startswith(host_id() + "~") and first.split("~")[2] == str(os.getpid())
-    assert layout.parse_fence_file(layout.fence_file("J1", 3, first)) == ("J1", 3, first, f"J1.3.{first}.fence")
+    assert layout.parse_fence_file(layout.fence_file("J1", 3, first)) == ("J1", 3, first, f"J1.3.{first}.fence",
+                                                                          False)
+    settle = layout.fence_file("J1", 3, first, settling=True)
+    assert layout.parse_fence_file(settle) == ("J1", 3, first, f"J1.3.{first}.settle.fence", True)
 
 
 # -- the index merged with a listing ----------------------------------------------------------
@@ -334,3 +337,42 @@ def test_a_lapsed_hosts_job_is_taken_over_even_while_its_run_lock_is_held(api):
     api.transitions.start(claimed, times.now())
     assert api.transitions.recover(claimed.job.id, times.now(), 0.5) is None
     claimed.lock.release(remove=False)
+
+
+def test_a_job_being_settled_still_names_its_worker(api, monkeypatch):
+    """A settle trades the fence for a ``.settle`` one, not removing it: until the job
+    has moved, another host sees who holds it (the run lock's note alone could have
+    been removed by another host's lost claim) and leaves it alone."""
+    lease = Lease(api.store, 5.0)
+    lease.register()
+    api.transitions.hold_lease(lease)
+    job = api.add(["true"])
+    claimed = claim_one(api)
+    api.transitions.start(claimed, times.now())
+    running = Path(api.path) / "running"
+    seen: list[list[str]] = []
+    move = api.jobs.move
+
+    def watching_move(*args, **kwargs):  # the moment between the fence's trade and the move
+        seen.append(sorted(p.name for p in running.glob("*.fence")))
+        return move(*args, **kwargs)
+
+    monkeypatch.setattr(api.jobs, "move", watching_move)
+    api.transitions.settle(claimed, Outcome(exit_code=0), times.now(), 0.5)
+    assert seen == [[layout.fence_file(job.id, 1, lease.uid, settling=True)]]
+    assert list(running.iterdir()) == []
+
+
+def test_a_claim_lost_to_another_host_keeps_that_hosts_run_lock_file(api):
+    """Two hosts' claims share running/ID.lock (flock does not reach across hosts): the
+    loser must not remove the winner's file, which holds the winner's note."""
+    job = api.add(["true"])
+    entry = next(e for e in map(parse_pending_name, ls(Path(api.path), "pending")) if e)
+    winner = api.transitions.claim(entry)
+    assert winner is not None
+    lock = Path(api.path) / "running" / layout.lock_file(job.id)
+    winner.lock.release(remove=False)  # as seen from the other host: not locked
+    assert api.transitions.claim(entry) is None  # the loser: its rename finds nothing
+    assert lock.exists()
+    assert api.jobs.own(job.id, ("pending", entry.name)) is None
+    assert lock.exists()

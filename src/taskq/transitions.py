@@ -212,12 +212,10 @@ class Transitions:
                 fence = self.fences.make(entry.id, self.lease.uid)
             job = self._take(owned, sync_dir=False)  # a lost claim leaves the job pending
         except FileNotFoundError:
-            # Another process renamed it first. The run lock's file stays: on a shared
-            # filesystem that may be another host's claim (flock does not reach across
-            # hosts); recovery removes it once it is no one's.
+            # Another process renamed it first (see JobStore.let_go for its lock file).
             if fence is not None:
                 self.fences.drop(fence)
-            owned.lock.release(remove=False)
+            self.jobs.let_go(owned.lock)
             return None
         except BaseException:
             self._lost_claim(owned, fence)
@@ -266,11 +264,13 @@ class Transitions:
         failed/, or back to pending/ at its retry time). Releases the run lock."""
         job = claimed.job
         try:
-            self._let_go(claimed)
+            settling = self._let_go(claimed)
             job.attempts[-1].close(outcome, now)
             decision = decide(job, outcome, now, jitter)
             self._settle_record(job, decision, now)
             self._commit("settle", claimed.owned, job, decision.state, decision, outcome)
+            if settling is not None:
+                self.fences.drop(settling)
             self.jobs.clear_cancel(job.id)
             return decision
         finally:
@@ -281,20 +281,24 @@ class Transitions:
         attempt recorded, ready at *not_before* at the earliest. Releases the lock."""
         job = claimed.job
         try:
-            self._let_go(claimed)
+            settling = self._let_go(claimed)
             decision = Decision("pending", run_at=max(job.run_at_ts, not_before), last_error=job.last_error)
             self._settle_record(job, decision, times.now())
             self._commit("unclaim", claimed.owned, job, "pending", decision)
+            if settling is not None:
+                self.fences.drop(settling)
         finally:
             claimed.owned.release()
 
-    def _let_go(self, claimed: Claimed) -> None:
-        """Consume this worker's fence file of *claimed* before settling it (FencedError
-        if its lease ran out or the file is gone: another host took the job over)."""
-        if claimed.fence is not None:
-            self._fenced(claimed)
-            fence, claimed.fence = claimed.fence, None
-            self.fences.consume(fence, claimed.job.id)
+    def _let_go(self, claimed: Claimed) -> str | None:
+        """Trade this worker's fence file of *claimed* for its settle's before settling
+        it (FencedError if its lease ran out or the file is gone: another host took
+        the job over). Returns the settle's fence, removed once the job has moved."""
+        if claimed.fence is None:
+            return None
+        self._fenced(claimed)
+        fence, claimed.fence = claimed.fence, None
+        return self.fences.settling(fence, claimed.job.id)
 
     def record_group(self, claimed: Claimed, pgid: int) -> None:
         """Note the attempt's process group beside it, for recovery."""
@@ -326,13 +330,17 @@ class Transitions:
         remove_lock = True
         try:
             # On a filesystem shared by several hosts the free lock says nothing of
-            # another host's worker: its lease does (README, "Several hosts").
+            # another host's worker: its lease does (README, "Several hosts"). The
+            # job file is looked for before its fences are listed: a claim makes its
+            # fence before its rename, so a claim whose job file is seen here has
+            # its fence in the listing that follows.
+            present = self.store.has("running", owned.name)
             fences = self.fences.of(job_id)
             holder, lapsed = self._holder_elsewhere(job_id, lock, fences)
             if holder is not None:
                 remove_lock = False
                 return None
-            if not self.store.has("running", owned.name):
+            if not present:
                 for fence in fences:  # a claim that lost its race, or died before its rename
                     self.fences.drop(fence.name)
                 return None
@@ -347,6 +355,8 @@ class Transitions:
                 return None
             try:
                 job = self.jobs.load("running", owned.name)
+            except FileNotFoundError:
+                return None  # moved meanwhile: by a worker that holds it after all
             except (ValidationError, SpoolError) as exc:
                 return self._recover_unreadable(owned, str(exc), now)
             what, decision = self._recovery(job, now, jitter)
@@ -379,10 +389,11 @@ class Transitions:
         return self._holder_elsewhere(job_id, lock, self.fences.of(job_id))[0]
 
     def _holder_elsewhere(self, job_id: str, lock: Lock, fences: list[Fence]) -> tuple[str | None, str | None]:
-        """The worker of another host that still holds *job_id* (its lease is live),
-        or None; and if its holders were other hosts' workers whose leases ran out,
-        what happened, in words. This host's workers are judged by the run lock,
-        which the caller holds: they are gone."""
+        """A worker that still holds *job_id* although the caller holds its run lock
+        (another host's, whose lease is live; or one of this host's whose run lock's
+        file was removed under it by another host's lost claim), or None; and if its
+        holders were other hosts' workers whose leases ran out, what happened, in
+        words."""
         judge = self.judge
         holders = {fence.worker for fence in fences}
         noted = noted_worker(lock.read())
@@ -390,10 +401,10 @@ class Transitions:
             holders.add(noted)
         lapsed = []
         for uid in sorted(holders):
-            if judge.is_local(uid):
-                continue
             if judge.alive(uid):
                 return uid, None
+            if judge.is_local(uid):
+                continue
             age = judge.age(uid)
             lapsed.append(f"lease of worker {uid} " + ("gone" if age is None else
                           f"expired ({age:.1f}s old by the server's clock)") + f", taken over from {judge.host}")

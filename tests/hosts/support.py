@@ -232,6 +232,35 @@ def faketime_library() -> Optional[str]:
     return None
 
 
+@functools.cache
+def faketime_utime_env(library: str) -> tuple[tuple[str, str], ...]:
+    """The variables that make *library* (libfaketime) leave ``utime(path, NULL)``
+    ("set to now") to the filesystem, as found by trying them.
+
+    By default libfaketime turns that call into an explicit ``utime`` with the faked
+    time (its FAKE_UTIME feature), so a host with a wrong clock would stamp a file
+    with its own clock, where a real NFS client asks the server to stamp it
+    (SET_TO_SERVER_TIME) and a local filesystem uses the kernel's clock, as it does
+    for every other write of the host. Whether ``FAKE_UTIME=1`` or ``=0`` turns the
+    feature off differs between libfaketime versions, hence the probe. Empty if no
+    setting works (or none is needed).
+    """
+    fd, probe = tempfile.mkstemp(prefix="taskq-faketime-utime-")
+    os.close(fd)
+    try:
+        for candidate in ((), (("FAKE_UTIME", "1"),), (("FAKE_UTIME", "0"),), (("FAKE_UTIME", "n"),)):
+            env = {"PATH": os.environ.get("PATH", os.defpath), "LD_PRELOAD": library, "FAKETIME": "-1d",
+                   "FAKETIME_DONT_FAKE_MONOTONIC": "1", **dict(candidate)}
+            os.utime(probe, (0, 0))
+            proc = subprocess.run([sys.executable, "-I", "-S", "-c", "import os, sys; os.utime(sys.argv[1], None)",
+                                   probe], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+            if proc.returncode == 0 and abs(os.stat(probe).st_mtime - time.time()) < 3600:
+                return candidate
+        return ()
+    finally:
+        os.unlink(probe)
+
+
 # -- can hosts be played here? ---------------------------------------------------------
 
 
@@ -352,8 +381,10 @@ class Host:
     * ``clock_offset``: the host's wall clock is off by this much: ``"+10m"``,
       ``"-90s"``, ``"+1.5h"``, ``"-2d"`` or a number of seconds. Every command runs
       with libfaketimeMT in LD_PRELOAD; the monotonic clock is left alone (a real
-      host's monotonic clock has nothing to do with its wall clock). Skips the test if
-      libfaketime is not installed.
+      host's monotonic clock has nothing to do with its wall clock), and so is a
+      file's "set to now" (``utime(path, NULL)``: the filesystem stamps it, as a real
+      NFS server does; see :func:`faketime_utime_env`). Skips the test if libfaketime
+      is not installed.
     * ``env``: variables for every command (a value of None removes one).
 
     Commands see: the machine's file systems (mounts that exist when the host starts,
@@ -605,6 +636,8 @@ class Host:
             # Only the wall clock is off; timeouts and sleeps measured on the monotonic
             # clock behave as on a real host (and libfaketime's timed waits stay out of it).
             base["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
+            # utime(path, NULL) stamps the filesystem's time, not the faked one.
+            base.update(faketime_utime_env(self._faketime))
         return _env(env, _env(self._extra_env, base))
 
     def _argv(self, args: Sequence[StrPath], cwd: Optional[StrPath]) -> list[str]:
@@ -827,6 +860,26 @@ class NfsLab(list[Path]):
         for i in range(len(self)):
             with contextlib.suppress(LookupError, ProcessLookupError):
                 self.reconnect(i)
+
+    def broken(self) -> Optional[str]:
+        """What is wrong with the lab (a process of it gone, a mount lost), or None.
+        A fuse-nfs client can die on its own: libnfs has been seen to segfault under
+        many concurrent requests (dmesg: ``fuse-nfs[PID]: segfault ... in libnfs``),
+        leaving its mount "Transport endpoint is not connected"."""
+        status = self.command("status")
+        bad = [line.strip() for line in status.stdout.splitlines() if line.rstrip().endswith(("gone", "NOT mounted"))]
+        if status.returncode != 0 or bad:
+            return "; ".join(bad) or status.stdout.strip().splitlines()[0]
+        return None
+
+    def restart(self) -> None:
+        """Stop the lab and start it again: a new, empty export, the same mount paths."""
+        self.command("stop")
+        start = self.command("start", str(len(self)))
+        if start.returncode != 0:
+            lines = (start.stderr.strip() or start.stdout.strip()).splitlines()
+            raise RuntimeError(f"NFS lab: cannot restart: {lines[-1] if lines else start.returncode}")
+        self[:] = [Path(line) for line in start.stdout.split()]
 
 
 def spool_name(node_name: str) -> str:

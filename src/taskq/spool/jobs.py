@@ -166,9 +166,17 @@ class JobStore:
         if found is None and where is None:
             found = self.locate(job_id)
         if found is None:
-            lock.release(remove=True)
+            self.let_go(lock)
             return None
         return Owned(job_id, lock, *found)
+
+    def let_go(self, lock: Lock) -> None:
+        """Release a run lock taken for a job that was not where expected. Its file is
+        removed unless the job is in running/: on a filesystem shared by several
+        hosts, that may be another host's claim, which its flock does not protect
+        here (recovery removes the file once it is no one's)."""
+        job_id = layout.stem(os.path.basename(lock.path), layout.LOCK)
+        lock.release(remove=job_id is None or not self.store.has("running", layout.job_file(job_id)))
 
     def own_lock(self, job_id: str) -> Lock | None:
         """The job's run lock alone (for a job that may have no file left)."""
@@ -374,9 +382,9 @@ class Fences:
             raise io_error("create", path, exc) from None
         return name
 
-    def advance(self, name: str, job_id: str, attempt: int, worker: str) -> str:
+    def advance(self, name: str, job_id: str, attempt: int, worker: str, settling: bool = False) -> str:
         """Trade the token *name* for attempt *attempt*'s (the start of the attempt)."""
-        new = layout.fence_file(job_id, attempt, worker)
+        new = layout.fence_file(job_id, attempt, worker, settling)
         try:
             self.store.io.rename(self.store.path("running", name), self.store.path("running", new))
         except FileNotFoundError:
@@ -384,6 +392,13 @@ class Fences:
         except OSError as exc:
             raise io_error("rename", self.store.path("running", name), exc) from None
         return new
+
+    def settling(self, name: str, job_id: str) -> str:
+        """Trade the token *name* for its settle's (which still names the worker, so
+        that no other host takes the job for ownerless while it moves)."""
+        fence = layout.parse_fence_file(name)
+        assert fence is not None  # one of ours
+        return self.advance(name, job_id, fence.attempt, fence.worker, settling=True)
 
     def consume(self, name: str, job_id: str) -> None:
         """Give up the token *name* before changing the job; FencedError if it is gone."""

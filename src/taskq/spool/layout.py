@@ -6,7 +6,8 @@ a file name. Pure: no I/O.
     SPOOL/tmp/      staging: written and fsynced here, then renamed into place
     SPOOL/pending/  PRIO.RUNAT.ID[.after].json   (see below), and drop-in files
     SPOOL/running/  ID.json; ID.lock held by the attempt's processes; ID.cancel;
-                    ID.N.WORKER.fence: the claim (N=0) or attempt N of a worker (below)
+                    ID.N.WORKER[.settle].fence: the claim (N=0) or attempt N of a worker,
+                    and its settle in progress (below)
     SPOOL/done/     ID.json
     SPOOL/failed/   ID.json, and ID.reason beside a file that was not a valid job
     SPOOL/logs/     ID.log; ID.cuts beside a log that ``log_max`` has cut
@@ -100,13 +101,15 @@ def cancel_file(job_id: str) -> str:
     return job_id + CANCEL
 
 
-def fence_file(job_id: str, attempt: int, worker: str) -> str:
+def fence_file(job_id: str, attempt: int, worker: str, settling: bool = False) -> str:
     """``running/ID.N.WORKER.fence``: the fencing token of a worker's hold on a job in
     running/, N = 0 from its claim, the attempt's number once started. Every change
-    the worker makes to the job consumes it first (a rename's source must exist), and
-    a host taking the job over consumes it too: a worker that finds its token gone
-    has been fenced, and must not touch the job (README, "Several hosts")."""
-    return f"{job_id}.{attempt}.{worker}{FENCE}"
+    the worker makes to the job consumes it first (a rename's source must exist): a
+    settle renames it to ``ID.N.WORKER.settle.fence``, which still names the worker
+    until the job has moved, and removes that after. A host taking the job over
+    consumes it too: a worker that finds its token gone has been fenced, and must not
+    touch the job (README, "Several hosts")."""
+    return f"{job_id}.{attempt}.{worker}{'.settle' if settling else ''}{FENCE}"
 
 
 class Fence(NamedTuple):
@@ -114,16 +117,17 @@ class Fence(NamedTuple):
     attempt: int
     worker: str
     name: str
+    settling: bool = False
 
 
-_FENCE_RE = re.compile(r"([A-Za-z0-9_-]{1,128})\.([0-9]{1,9})\.([A-Za-z0-9_~-]{1,120})\.fence")
+_FENCE_RE = re.compile(r"([A-Za-z0-9_-]{1,128})\.([0-9]{1,9})\.([A-Za-z0-9_~-]{1,120}?)(\.settle)?\.fence")
 
 
 def parse_fence_file(name: str) -> Fence | None:
     m = _FENCE_RE.fullmatch(name)
     if m is None:
         return None
-    return Fence(m.group(1), int(m.group(2)), m.group(3), name)
+    return Fence(m.group(1), int(m.group(2)), m.group(3), name, m.group(4) is not None)
 
 
 def lease_file(worker: str) -> str:

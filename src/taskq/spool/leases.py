@@ -142,15 +142,16 @@ class Judge:
         return max(0.0, self.server_now() - mtime)
 
     def alive(self, uid: str) -> bool:
-        """Whether worker *uid* may still be at work on its jobs. This host's workers
-        are judged by their process (a lease's renewal may lag while the worker is
-        alive); another host's by its lease. A worker with no lease is not alive."""
+        """Whether worker *uid* may still be at work on jobs it holds: its lease is
+        live, and on this host its process too. A worker with no lease is not alive.
+        The judging worker itself is not: a job of its own that it is not running
+        (its settle failed) is its to recover."""
         if self.lease is not None and uid == self.lease.uid:
-            return True
+            return False
         if not is_worker_uid(uid):
             return False
-        if self.is_local(uid):
-            return _pid_alive(pid_of(uid))
+        if self.is_local(uid) and not _pid_alive(pid_of(uid)):
+            return False
         age = self.age(uid)
         return age is not None and age < self.timeout
 

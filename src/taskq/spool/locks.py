@@ -6,8 +6,8 @@
   the attempt's process group (:func:`taskq.spool.jobs.JobStore.attempt_group`).
 * ``keys/<sha256 of the key>`` is held while an ``add`` or ``retry`` decides whether a
   key is free; its content names the job that holds the key. flock does not reach
-  across the hosts of a shared filesystem, so whoever holds it also creates
-  ``keys/<sha256>.excl`` with O_EXCL (exclusive on NFS too) for that moment, and
+  across the hosts of a shared filesystem, so whoever holds it also makes
+  ``keys/<sha256>.excl`` (a link(2), exclusive on NFS too) for that moment, and
   removes it after; one left by a process that died is broken once it is
   :data:`KEY_MUTEX_STALE` seconds old by the server's clock.
 """
@@ -27,6 +27,8 @@ from .store import Store, io_error
 #: process that died while deciding about the key: an ``add`` holds it for
 #: milliseconds.
 KEY_MUTEX_STALE = 30.0
+#: Opens of a lock file retried after ENOENT/ESTALE (see :func:`take`).
+STALE_RETRIES = 5
 EXCL = ".excl"
 
 class Lock:
@@ -40,9 +42,41 @@ class Lock:
         self.mutex: str | None = None
 
     def read(self) -> str:
-        """What the lock's file says: its first line (see ``FileIO.overwrite``)."""
+        """What the lock's file says: its first line (see ``FileIO.overwrite``). Under
+        a cross-host mutex, read from a new descriptor: an NFS client refreshes a
+        file's content when it is opened, and this one was opened before another
+        host's write was known to be done."""
+        if self.mutex is not None:
+            fresh = self._read_fresh()
+            if fresh is not None:
+                return fresh
         os.lseek(self.fd, 0, os.SEEK_SET)
         return os.read(self.fd, 4096).decode("utf-8", "replace").split("\n", 1)[0].strip()
+
+    def _read_fresh(self) -> str | None:
+        """The file's first line as the server has it now, or None if that cannot be
+        had. A client may answer a file's size from its attribute cache even on a
+        new open (an NFS mount without close-to-open, a FUSE client), and read no
+        further than that size; a new name linked to the file is looked up at the
+        server, whose answer refreshes the cached attributes."""
+        probe = self.store.path(layout.TMP, layout.staging_name("key"))
+        for attempt in range(3):
+            try:
+                self.store.io.link(self.path, probe)
+            except OSError:
+                time.sleep(0.01 * (attempt + 1))
+                continue
+            try:
+                fd = os.open(probe, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    return os.read(fd, 4096).decode("utf-8", "replace").split("\n", 1)[0].strip()
+                finally:
+                    os.close(fd)
+            except OSError:
+                return None
+            finally:
+                self.store.discard(probe)
+        return None
 
     def write(self, text: str, durable: bool = True) -> None:
         """Record *text* in the lock's file (a key's holder, durably; an attempt's
@@ -72,10 +106,24 @@ class Lock:
 
 def take(store: Store, path: str, blocking: bool) -> Lock | None:
     """Lock *path* (created if missing); None if *blocking* is False and it is held."""
+    stale = 0
     while True:
         try:
             fd = store.io.open_lock(path, layout.FILE_MODE)
         except OSError as exc:
+            # On NFS, a name another host has just removed can still be in this
+            # client's cache: the open fails with ENOENT (or ESTALE) although O_CREAT
+            # would make it. Looked up again, it is gone, and the next open creates it.
+            if exc.errno in (errno.ENOENT, errno.ESTALE):
+                # Without waiting, a few quick tries; then the lock is as good as busy
+                # (its holder has just let go of it). Waiting, as long as such a cache
+                # may last.
+                if stale < (STALE_RETRIES if not blocking else 100):
+                    stale += 1
+                    time.sleep(min(0.002 * stale, 0.02))
+                    continue
+                if not blocking:
+                    return None
             raise io_error("open lock", path, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -114,17 +162,32 @@ def key_lock(store: Store, key: str) -> Lock:
 
 
 def _exclusive(store: Store, path: str) -> str:
-    """Create *path* with O_EXCL, waiting while another host's process has it; break
-    it if it is stale (see the module's docstring). Returns *path*."""
+    """Make *path* exist, as a link to a new file of ours, waiting while another
+    host's process has it; break it if it is stale (see the module's docstring).
+    Returns *path*. link(2) rather than O_EXCL: some NFS clients make an exclusive
+    create out of a lookup and a create, two requests that two clients can both win;
+    a link is one request, which the server refuses if the name exists."""
+    mine = store.path(layout.TMP, layout.staging_name("excl"))
+    try:
+        store.io.create_empty(mine, layout.FILE_MODE)
+    except OSError as exc:
+        raise io_error("create", mine, exc) from None
+    try:
+        return _link_when_free(store, mine, path)
+    finally:
+        store.discard(mine)
+
+
+def _link_when_free(store: Store, mine: str, path: str) -> str:
     delay = 0.002
     while True:
         try:
-            store.io.create_empty(path, layout.FILE_MODE)
+            store.io.link(mine, path)
             return path
         except FileExistsError:
             pass
         except OSError as exc:
-            raise io_error("create", path, exc) from None
+            raise io_error("link", path, exc) from None
         try:
             age = _server_age(store, path)
         except FileNotFoundError:

@@ -175,6 +175,10 @@ class Worker:
                 if self.view is not None:
                     self._draw(now)
                 self._wait(self._timeout(now))
+            if not self.stop.requested:
+                # A last look for what dead workers, and claims lost to other hosts,
+                # left in running/ (a burst from cron may be the only worker).
+                self._recover(times.now())
             self._end_hooks()
         finally:
             self.close()
@@ -516,7 +520,8 @@ class Worker:
                 continue
             try:
                 result = self.spool.transitions.recover(job_id, times.now(), self._rng.random())
-            except (SpoolError, ValueError) as exc:
+            except (SpoolError, ValueError, FileNotFoundError) as exc:
+                # FileNotFoundError: the job moved meanwhile (its holder settled it).
                 self.event(f"cannot recover {job_id}: {exc}")
                 continue
             if result is None:
