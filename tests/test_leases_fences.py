@@ -58,6 +58,14 @@ def other_lease(api: taskq.Spool, uid: str = OTHER, age: float = 0.0) -> Path:
     return path
 
 
+def leased(api: taskq.Spool) -> Lease:
+    """Make *api*'s changes those of a worker holding a lease (5 s)."""
+    lease = Lease(api.store, 5.0)
+    lease.register()
+    api.transitions.hold_lease(lease)
+    return lease
+
+
 def held_by_other_host(api: taskq.Spool, lease_age: float | None):
     """A job started by another host's worker: in running/, its attempt noted, its
     fence file there, its run lock free (as seen from this host). *lease_age*: how
@@ -170,9 +178,7 @@ def test_reap_removes_the_leases_of_workers_gone_for_good(api):
 
 
 def test_a_workers_fence_is_made_at_the_claim_traded_at_the_start_and_consumed_at_the_settle(api):
-    lease = Lease(api.store, 5.0)
-    lease.register()
-    api.transitions.hold_lease(lease)
+    lease = leased(api)
     job = api.add(["true"])
     claimed = claim_one(api)
     running = Path(api.path) / "running"
@@ -188,9 +194,7 @@ def test_a_workers_fence_is_made_at_the_claim_traded_at_the_start_and_consumed_a
 def test_a_settle_whose_fence_is_gone_writes_nothing(api):
     """Another host took the job over (it consumed the fence) while this worker was
     away: the settle is refused before anything is written."""
-    lease = Lease(api.store, 5.0)
-    lease.register()
-    api.transitions.hold_lease(lease)
+    lease = leased(api)
     job = api.add(["true"])
     claimed = claim_one(api)
     api.transitions.start(claimed, times.now())
@@ -203,9 +207,7 @@ def test_a_settle_whose_fence_is_gone_writes_nothing(api):
 
 
 def test_a_worker_whose_lease_ran_out_neither_starts_nor_settles(api, monkeypatch):
-    lease = Lease(api.store, 5.0)
-    lease.register()
-    api.transitions.hold_lease(lease)
+    lease = leased(api)
     api.add(["true"])
     api.add(["true"])
     first = claim_one(api)
@@ -343,9 +345,7 @@ def test_a_job_being_settled_still_names_its_worker(api, monkeypatch):
     """A settle trades the fence for a ``.settle`` one, not removing it: until the job
     has moved, another host sees who holds it (the run lock's note alone could have
     been removed by another host's lost claim) and leaves it alone."""
-    lease = Lease(api.store, 5.0)
-    lease.register()
-    api.transitions.hold_lease(lease)
+    lease = leased(api)
     job = api.add(["true"])
     claimed = claim_one(api)
     api.transitions.start(claimed, times.now())

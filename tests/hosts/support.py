@@ -7,11 +7,13 @@ A :class:`Host` is a PID + UTS + mount namespace with its own hostname, its own 
 come back with a new boot id (:meth:`Host.reboot`); optionally with a clock that is off
 by a fixed offset (libfaketime). Commands run "on the host" through ``nsenter``.
 
-:class:`NfsLab` drives ``shared/nfs-lab`` (an NFS server and two NFS clients of it on
-this machine): the clients' mounts are two hosts' views of one spool.
+:class:`NfsLab` drives the NFS lab, a folder of two scripts (``setup`` installs what
+it needs; ``lab start N`` / ``lab stop`` / ``lab status``): a userspace NFS server on
+loopback and N FUSE NFS clients of it, each its own mount with its own caches, so that
+the mounts are N hosts' views of one spool (README, "Development").
 
 The fixtures that build these (``hosts``, ``nfs_lab``, ``shared_spool``) are in this
-directory's conftest.py; the background is in shared/nfs-lab/README.md.
+directory's conftest.py.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple, Optional, TypeVar, Union
 
 import pytest
+
+from workerutil import wait_until
 
 StrPath = Union[str, os.PathLike[str]]
 EnvOverrides = Optional[Mapping[str, Optional[str]]]
@@ -99,18 +103,6 @@ _GATE_SCRIPT = 'read -r _ <"$0" && exec "$@"'
 
 
 # -- small helpers --------------------------------------------------------------------
-
-
-def wait_until(cond: Callable[[], Optional[T]], timeout: float, interval: float = 0.02) -> Optional[T]:
-    """Poll *cond* until it returns something truthy; return that, or None after *timeout* s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
 
 
 def wait_for(cond: Callable[[], Optional[T]], timeout: float = 10.0, interval: float = 0.02,
