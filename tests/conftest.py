@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,13 @@ pytest.register_assert_rewrite("workerutil")
 
 from workerutil import LAYOUT  # noqa: E402 - after the rewrite is registered
 from workerutil import files as state_files  # noqa: E402
+
+# A test run started in the background by a non-interactive shell (`.ci/run &`) has
+# SIGINT ignored, and an ignored signal stays ignored in every process it starts: the
+# taskq commands that the tests stop with SIGINT (`events --follow`, `status --watch`,
+# a worker's Ctrl-C) would never see it. A handler here makes the children's default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: Variables that change taskq's behaviour; removed from the inherited environment.
 _SCRUBBED = ("TASKQ_SPOOL", "TASKQ_DEBUG", "NO_COLOR", "FORCE_COLOR", "XDG_DATA_HOME")
