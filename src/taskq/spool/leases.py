@@ -127,16 +127,22 @@ class Judge:
         return host_of(uid) == self.host
 
     def age(self, uid: str) -> float | None:
-        """How old *uid*'s lease is by the server's clock; None if it has none."""
+        """How old *uid*'s lease is by the server's clock; None if it has none.
+        SpoolError if that cannot be known (an I/O error): never taken for "none",
+        which would let a live worker's jobs be taken over."""
         path = os.path.join(self.store.top(layout.LEASES), layout.lease_file(uid))
         try:
             # open + fstat, not stat: an NFS client revalidates a file's attributes
             # when it is opened (close-to-open), where stat may answer from its cache.
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
+        except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise io_error("open", path, exc) from None
         try:
             mtime = os.fstat(fd).st_mtime
+        except OSError as exc:
+            raise io_error("stat", path, exc) from None
         finally:
             os.close(fd)
         return max(0.0, self.server_now() - mtime)
@@ -166,7 +172,10 @@ class Judge:
             if self.is_local(uid):
                 dead = not _pid_alive(pid_of(uid))
             else:
-                age = self.age(uid)
+                try:
+                    age = self.age(uid)
+                except SpoolError:
+                    continue  # unknown: left for a later pass
                 dead = age is not None and age > 2 * self.timeout
             if dead:
                 self.store.discard(os.path.join(self.store.top(layout.LEASES), layout.lease_file(uid)))

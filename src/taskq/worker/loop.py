@@ -513,15 +513,16 @@ class Worker:
             ids += [fence.job_id for fence in transitions.fences.strays()]
             for uid in transitions.judge.reap():
                 self.event(f"removed the lease of worker {uid}: gone")
-        except TaskqError:
+        except (TaskqError, OSError):
             return
         for job_id in dict.fromkeys(ids):
             if job_id in self.running:
                 continue
             try:
                 result = self.spool.transitions.recover(job_id, times.now(), self._rng.random())
-            except (SpoolError, ValueError, FileNotFoundError) as exc:
-                # FileNotFoundError: the job moved meanwhile (its holder settled it).
+            except (SpoolError, ValueError, OSError) as exc:
+                # OSError: the job moved meanwhile (its holder settled it), or a shared
+                # filesystem's client failed on a file another host has just removed.
                 self.event(f"cannot recover {job_id}: {exc}")
                 continue
             if result is None:
