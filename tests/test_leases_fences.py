@@ -376,3 +376,26 @@ def test_a_claim_lost_to_another_host_keeps_that_hosts_run_lock_file(api):
     assert lock.exists()
     assert api.jobs.own(job.id, ("pending", entry.name)) is None
     assert lock.exists()
+
+
+def test_a_claim_is_decided_by_a_link_before_the_rename(api):
+    """Two hosts' clients may both see their rename of one pending file succeed (a
+    client that makes a rename of several requests): the claim is decided first by
+    linking running/ID.claim, which the server gives to one of them only."""
+    lease = leased(api)
+    job = api.add(["true"])
+    running = Path(api.path) / "running"
+    other = running / layout.fence_file(job.id, 0, OTHER)
+    other.touch()
+    os.link(other, running / layout.claim_file(job.id))  # another host's claim, under way
+    entry = next(e for e in map(parse_pending_name, ls(Path(api.path), "pending")) if e)
+    assert api.transitions.claim(entry) is None
+    assert ls(Path(api.path), "pending") == [entry.name]  # nothing moved
+    assert not (running / layout.fence_file(job.id, 0, lease.uid)).exists()
+    (running / layout.claim_file(job.id)).unlink()
+    other.unlink()
+    claimed = api.transitions.claim(entry)
+    assert claimed is not None and (running / layout.claim_file(job.id)).exists()
+    api.transitions.start(claimed, times.now())
+    api.transitions.settle(claimed, Outcome(exit_code=0), times.now(), 0.5)
+    assert list(running.iterdir()) == []

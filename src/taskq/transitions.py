@@ -203,6 +203,7 @@ class Transitions:
         if owned is None:
             return None  # busy, gone, or not a regular file: never touched
         fence = None
+        held = False
         try:
             if self.lease is not None:
                 if not self.lease.valid():
@@ -210,25 +211,35 @@ class Transitions:
                 # Before the rename: from its first instant in running/, the job names
                 # its owner to other hosts.
                 fence = self.fences.make(entry.id, self.lease.uid)
+                held = self.fences.hold(fence, entry.id)
+                if not held:
+                    # Another worker's claim of it is under way (or done): ours is lost
+                    # before anything moved. Its run lock's file may be that claim's.
+                    self.fences.drop(fence)
+                    owned.lock.release(remove=False)
+                    return None
             job = self._take(owned, sync_dir=False)  # a lost claim leaves the job pending
         except FileNotFoundError:
             # Another process renamed it first (see JobStore.let_go for its lock file).
             if fence is not None:
+                self.fences.unhold(entry.id)
                 self.fences.drop(fence)
             self.jobs.let_go(owned.lock)
             return None
         except BaseException:
-            self._lost_claim(owned, fence)
+            self._lost_claim(owned, fence, held)
             raise
         if job is None:  # not a valid job: filed in failed/
-            self._lost_claim(owned, fence)
+            self._lost_claim(owned, fence, held)
             return None
         owned.origin = "running"
         self._changed(Change("claim", job.id, "pending", "running", job))
         return Claimed(job, owned, fence)
 
-    def _lost_claim(self, owned: Owned, fence: str | None) -> None:
-        """Let go of a claim that did not happen."""
+    def _lost_claim(self, owned: Owned, fence: str | None, held: bool) -> None:
+        """Let go of a claim that did not happen (or a file that was no job)."""
+        if held:
+            self.fences.unhold(owned.id)
         if fence is not None:
             self.fences.drop(fence)
         owned.release()
@@ -270,6 +281,7 @@ class Transitions:
             self._settle_record(job, decision, now)
             self._commit("settle", claimed.owned, job, decision.state, decision, outcome)
             if settling is not None:
+                self.fences.unhold(job.id)
                 self.fences.drop(settling)
             self.jobs.clear_cancel(job.id)
             return decision
@@ -286,6 +298,7 @@ class Transitions:
             self._settle_record(job, decision, times.now())
             self._commit("unclaim", claimed.owned, job, "pending", decision)
             if settling is not None:
+                self.fences.unhold(job.id)
                 self.fences.drop(settling)
         finally:
             claimed.owned.release()
@@ -343,6 +356,7 @@ class Transitions:
             if not present:
                 for fence in fences:  # a claim that lost its race, or died before its rename
                     self.fences.drop(fence.name)
+                self.fences.unhold(job_id)
                 return None
             if self.jobs.attempt_group(lock) is not None:
                 remove_lock = False  # a process of the attempt is still alive: not yet
@@ -358,13 +372,16 @@ class Transitions:
             except FileNotFoundError:
                 return None  # moved meanwhile: by a worker that holds it after all
             except (ValidationError, SpoolError) as exc:
-                return self._recover_unreadable(owned, str(exc), now)
+                result = self._recover_unreadable(owned, str(exc), now)
+                self.fences.unhold(job_id)
+                return result
             what, decision = self._recovery(job, now, jitter)
             if what == "worker lost" and lapsed is not None:
                 job.attempts[-1].detail = lapsed
             self._settle_record(job, decision, now)
             closed = Outcome(error=WORKER_LOST) if what == "worker lost" else None
             self._commit("recover", owned, job, decision.state, decision, closed)
+            self.fences.unhold(job_id)  # the claim it took over is over
             return what, decision
         finally:
             lock.release(remove=remove_lock)
@@ -556,6 +573,7 @@ class Transitions:
         decision = Decision("failed", last_error=CANCELLED)
         self._settle_record(job, decision, now)
         self._commit("cancel", owned, job, "failed", decision)
+        self.fences.unhold(job.id)
         self.jobs.clear_cancel(job.id)
         return job
 

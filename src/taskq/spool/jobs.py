@@ -409,6 +409,34 @@ class Fences:
         except OSError as exc:
             raise io_error("remove", self.store.path("running", name), exc) from None
 
+    def hold(self, name: str, job_id: str) -> bool:
+        """Link the claim file of *job_id* to our fence *name*; False if another
+        worker's claim holds it (see :func:`taskq.spool.layout.claim_file`)."""
+        target = self.store.path("running", layout.claim_file(job_id))
+        try:
+            self.store.io.link(self.store.path("running", name), target)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise io_error("link", target, exc) from None
+        return True
+
+    def unhold(self, job_id: str) -> None:
+        """Remove the claim file of *job_id* (the job has left running/, or its claim
+        did not happen)."""
+        self.store.discard(self.store.path("running", layout.claim_file(job_id)))
+
+    def stray_claims(self) -> list[str]:
+        """Ids of claim files with neither a job file nor a fence beside them."""
+        names = set(self.store.names("running")) | set(self.store.names("running", suffix=layout.FENCE))
+        out = []
+        for name in self.store.names("running", suffix=layout.CLAIM):
+            job_id = layout.stem(name, layout.CLAIM)
+            if job_id and layout.job_file(job_id) not in names and not any(
+                    n.startswith(job_id + ".") and n.endswith(layout.FENCE) for n in names):
+                out.append(job_id)
+        return out
+
     def drop(self, name: str) -> None:
         """Remove a token of our own that no longer matters (a lost claim)."""
         self.store.discard(self.store.path("running", name))

@@ -80,6 +80,7 @@ LOCK = ".lock"
 CANCEL = ".cancel"
 REASON = ".reason"
 FENCE = ".fence"
+CLAIM = ".claim"
 LEASE = ".lease"
 
 
@@ -128,6 +129,14 @@ def parse_fence_file(name: str) -> Fence | None:
     if m is None:
         return None
     return Fence(m.group(1), int(m.group(2)), m.group(3), name, m.group(4) is not None)
+
+
+def claim_file(job_id: str) -> str:
+    """``running/ID.claim``: a link to the fence file of the worker whose claim of the
+    job is in progress or done, made before the claim's rename and removed once the
+    job has left running/. A link's target must not exist: of two claimers, even on
+    two hosts whose filesystem client does not make renames exclusive, one wins."""
+    return job_id + CLAIM
 
 
 def lease_file(worker: str) -> str:

@@ -187,7 +187,10 @@ def _link_when_free(store: Store, mine: str, path: str) -> str:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise io_error("link", path, exc) from None
+            # ESTALE: this client still had the name of a file another host has just
+            # removed. Looked up again, the name is free or taken: try again.
+            if exc.errno != errno.ESTALE:
+                raise io_error("link", path, exc) from None
         try:
             age = _server_age(store, path)
         except FileNotFoundError:

@@ -19,6 +19,7 @@ re-lists when the directory's mtime changes and once a second.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import random
@@ -510,7 +511,7 @@ class Worker:
         transitions = self.spool.transitions
         try:
             ids = self.spool.jobs.ids("running") + self.spool.jobs.stray_locks()
-            ids += [fence.job_id for fence in transitions.fences.strays()]
+            ids += [fence.job_id for fence in transitions.fences.strays()] + transitions.fences.stray_claims()
             for uid in transitions.judge.reap():
                 self.event(f"removed the lease of worker {uid}: gone")
         except (TaskqError, OSError):
@@ -520,9 +521,14 @@ class Worker:
                 continue
             try:
                 result = self.spool.transitions.recover(job_id, times.now(), self._rng.random())
-            except (SpoolError, ValueError, OSError) as exc:
-                # OSError: the job moved meanwhile (its holder settled it), or a shared
-                # filesystem's client failed on a file another host has just removed.
+            except OSError as exc:
+                # The job moved meanwhile (its holder settled it), or a shared
+                # filesystem's client failed on a file another host has just removed
+                # (ESTALE; some FUSE clients say EFAULT): the next pass looks again.
+                if exc.errno not in (errno.ENOENT, errno.ESTALE, errno.EFAULT):
+                    self.event(f"cannot recover {job_id}: {exc}")
+                continue
+            except (SpoolError, ValueError) as exc:
                 self.event(f"cannot recover {job_id}: {exc}")
                 continue
             if result is None:
