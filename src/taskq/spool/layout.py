@@ -7,7 +7,7 @@ a file name. Pure: no I/O.
     SPOOL/pending/  PRIO.RUNAT.ID[.after].json   (see below), and drop-in files
     SPOOL/running/  ID.json; ID.lock held by the attempt's processes; ID.cancel;
                     ID.N.WORKER[.settle].fence: the claim (N=0) or attempt N of a worker,
-                    and its settle in progress (below)
+                    and its settle in progress (below); ID.claim, linked to the fence
     SPOOL/done/     ID.json
     SPOOL/failed/   ID.json, and ID.reason beside a file that was not a valid job
     SPOOL/logs/     ID.log; ID.cuts beside a log that ``log_max`` has cut
