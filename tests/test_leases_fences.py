@@ -258,7 +258,7 @@ def test_a_stray_fence_of_a_dead_claim_is_removed_and_a_live_ones_kept(api):
     live.touch()
     dead = running / layout.fence_file("J2", 0, "gonehost~0badf00d~9~00000009")
     dead.touch()
-    assert sorted(f.job_id for f in api.transitions.fences.strays()) == ["J1", "J2"]
+    assert sorted(api.jobs.strays()) == ["J1", "J2"]
     assert api.transitions.recover("J1", times.now(), 0.5) is None
     assert api.transitions.recover("J2", times.now(), 0.5) is None
     assert live.exists() and not dead.exists()

@@ -68,6 +68,11 @@ class Control:
     #: runs (the worker looks for a cancel request there: no other thread is woken).
     tick: Callable[[], None] | None = None
 
+    def stop_now(self) -> None:
+        """Stop the attempt at once: SIGKILL, no grace period."""
+        self.hard.set()
+        self.interrupt.set()
+
 
 class Runner(Protocol):
     """Runs one attempt of a job and says how it ended: what a worker calls for each

@@ -221,28 +221,20 @@ class Transitions:
             job = self._take(owned, sync_dir=False)  # a lost claim leaves the job pending
         except FileNotFoundError:
             # Another process renamed it first (see JobStore.let_go for its lock file).
-            if fence is not None:
-                self.fences.unhold(entry.id)
-                self.fences.drop(fence)
+            self.fences.release(entry.id, fence, held)
             self.jobs.let_go(owned.lock)
             return None
         except BaseException:
-            self._lost_claim(owned, fence, held)
+            self.fences.release(entry.id, fence, held)
+            owned.release()
             raise
         if job is None:  # not a valid job: filed in failed/
-            self._lost_claim(owned, fence, held)
+            self.fences.release(entry.id, fence, held)
+            owned.release()
             return None
         owned.origin = "running"
         self._changed(Change("claim", job.id, "pending", "running", job))
         return Claimed(job, owned, fence)
-
-    def _lost_claim(self, owned: Owned, fence: str | None, held: bool) -> None:
-        """Let go of a claim that did not happen (or a file that was no job)."""
-        if held:
-            self.fences.unhold(owned.id)
-        if fence is not None:
-            self.fences.drop(fence)
-        owned.release()
 
     def start(self, claimed: Claimed, now: float, warn: Callable[[str], None] | None = None) -> Attempt:
         """Begin a new attempt: note it (in progress) beside the job, in its run lock's
@@ -280,9 +272,7 @@ class Transitions:
             decision = decide(job, outcome, now, jitter)
             self._settle_record(job, decision, now)
             self._commit("settle", claimed.owned, job, decision.state, decision, outcome)
-            if settling is not None:
-                self.fences.unhold(job.id)
-                self.fences.drop(settling)
+            self.fences.release(job.id, settling, settling is not None)
             self.jobs.clear_cancel(job.id)
             return decision
         finally:
@@ -297,9 +287,7 @@ class Transitions:
             decision = Decision("pending", run_at=max(job.run_at_ts, not_before), last_error=job.last_error)
             self._settle_record(job, decision, times.now())
             self._commit("unclaim", claimed.owned, job, "pending", decision)
-            if settling is not None:
-                self.fences.unhold(job.id)
-                self.fences.drop(settling)
+            self.fences.release(job.id, settling, settling is not None)
         finally:
             claimed.owned.release()
 
@@ -362,8 +350,7 @@ class Transitions:
                 remove_lock = False  # a process of the attempt is still alive: not yet
                 return None
             try:
-                for fence in fences:  # taking the job over: its worker, if it comes back, is fenced
-                    self.fences.consume(fence.name, job_id)
+                self.fences.take_over(fences, job_id)
             except FencedError:
                 remove_lock = False  # its worker is settling it, or another host took it first
                 return None
@@ -391,11 +378,11 @@ class Transitions:
         holds the job is another host's and its lease has run out; else None. Taking
         the job over is then decided by consuming its fence files, which only one
         process can do."""
-        holders = {fence.worker for fence in self.fences.of(job_id)}
-        noted = noted_worker(self.jobs.note_text(job_id))
-        if noted is not None:
-            holders.add(noted)
         judge = self.judge
+        noted = noted_worker(self.jobs.note_text(job_id))
+        if noted is not None and judge.is_local(noted):
+            return None  # the usual case, on one host: no listing of running/ for it
+        holders = _holders(self.fences.of(job_id), noted)
         if not holders or any(judge.is_local(uid) or judge.alive(uid) for uid in holders):
             return None
         return self.jobs.open_lock_file(job_id)
@@ -412,12 +399,8 @@ class Transitions:
         holders were other hosts' workers whose leases ran out, what happened, in
         words."""
         judge = self.judge
-        holders = {fence.worker for fence in fences}
-        noted = noted_worker(lock.read())
-        if noted is not None:
-            holders.add(noted)
         lapsed = []
-        for uid in sorted(holders):
+        for uid in sorted(_holders(fences, noted_worker(lock.read()))):
             if judge.alive(uid):
                 return uid, None
             if judge.is_local(uid):
@@ -560,8 +543,7 @@ class Transitions:
         live process (its attempt is closed as cancelled)."""
         if owned.state == "running":
             try:
-                for fence in self.fences.of(owned.id):  # its worker, if it comes back, is fenced
-                    self.fences.consume(fence.name, owned.id)
+                self.fences.take_over(self.fences.of(owned.id), owned.id)
             except FencedError:
                 raise StateConflictError(f"job {owned.id} is busy; try again") from None
         job = self._take(owned)
@@ -605,3 +587,12 @@ class Transitions:
         else:
             job.settled_at = times.iso(now)
 
+
+
+def _holders(fences: list[Fence], noted: str | None) -> set[str]:
+    """The workers that hold a job: those its fence files name, and the one its run
+    lock's note names."""
+    holders = {fence.worker for fence in fences}
+    if noted is not None:
+        holders.add(noted)
+    return holders

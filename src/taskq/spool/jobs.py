@@ -349,16 +349,29 @@ class JobStore:
 
         return pgid if group_alive(pgid) else None
 
-    def stray_locks(self) -> list[str]:
-        """Ids of run locks with no job file beside them: left by a worker that died
-        after settling a job (or before claiming it)."""
-        jobs = set(self.store.names("running"))
-        out = []
-        for name in self.store.names("running", suffix=layout.LOCK):
-            job_id = layout.stem(name, layout.LOCK)
+    def strays(self) -> list[str]:
+        """Ids of the jobs that have a run lock, a fence or a claim file in running/ but
+        no job file there: left by a worker that died after settling a job or before
+        its claim's rename, or by a claim that lost its race. One listing."""
+        try:
+            names = os.listdir(self.store.dir("running"))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise io_error("list", self.store.dir("running"), exc) from None
+        jobs = {name for name in names if name.endswith(layout.JSON)}
+        out: dict[str, None] = {}
+        for name in names:
+            if name.startswith("."):
+                continue
+            if name.endswith(layout.FENCE):
+                fence = layout.parse_fence_file(name)
+                job_id = fence.job_id if fence is not None else None
+            else:
+                job_id = layout.stem(name, layout.LOCK) or layout.stem(name, layout.CLAIM)
             if job_id and layout.job_file(job_id) not in jobs:
-                out.append(job_id)
-        return out
+                out[job_id] = None
+        return list(out)
 
 
 class Fences:
@@ -426,17 +439,6 @@ class Fences:
         did not happen)."""
         self.store.discard(self.store.path("running", layout.claim_file(job_id)))
 
-    def stray_claims(self) -> list[str]:
-        """Ids of claim files with neither a job file nor a fence beside them."""
-        names = set(self.store.names("running")) | set(self.store.names("running", suffix=layout.FENCE))
-        out = []
-        for name in self.store.names("running", suffix=layout.CLAIM):
-            job_id = layout.stem(name, layout.CLAIM)
-            if job_id and layout.job_file(job_id) not in names and not any(
-                    n.startswith(job_id + ".") and n.endswith(layout.FENCE) for n in names):
-                out.append(job_id)
-        return out
-
     def drop(self, name: str) -> None:
         """Remove a token of our own that no longer matters (a lost claim)."""
         self.store.discard(self.store.path("running", name))
@@ -452,13 +454,21 @@ class Fences:
                     out.append(fence)
         return out
 
-    def strays(self) -> list[layout.Fence]:
-        """Tokens with no job file in running/ beside them: a claim that lost its race
-        or a worker that died before its claim's rename."""
-        jobs = set(self.store.names("running"))
-        return [fence for name in self.store.names("running", suffix=layout.FENCE)
-                if (fence := layout.parse_fence_file(name)) is not None
-                and layout.job_file(fence.job_id) not in jobs]
+    def take_over(self, fences: list[layout.Fence], job_id: str) -> None:
+        """Consume the tokens of another worker's hold on *job_id* (recovery, cancel):
+        if it comes back, it is fenced. FencedError if one is gone already (its worker
+        is settling the job, or another process took it first)."""
+        for fence in fences:
+            self.consume(fence.name, job_id)
+
+    def release(self, job_id: str, fence: str | None, held: bool) -> None:
+        """Remove a worker's claim file (if *held*) and its token *fence*: the job has
+        left running/, or the claim did not happen. The claim file first: a worker
+        that dies in between leaves a stray token, which recovery removes."""
+        if held:
+            self.unhold(job_id)
+        if fence is not None:
+            self.drop(fence)
 
 
 def noted_worker(text: str) -> str | None:

@@ -40,8 +40,7 @@ class PendingIndex:
         listed = set(names)
         for name in self.present - listed:
             self.remove(name)
-        for name in self.foreign - listed:
-            self.foreign.discard(name)
+        self.foreign &= listed
         for name in listed - self.present - self.foreign:
             self.add(name, now_key)
 

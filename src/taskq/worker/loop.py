@@ -26,6 +26,7 @@ import random
 import select
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
@@ -265,10 +266,9 @@ class Worker:
         and return once they have all ended."""
         runs = [run for run in list(self.running.values()) if not run.finished]
         for run in runs:
-            run.control.hard.set()
-            run.control.interrupt.set()
+            run.control.stop_now()
         while not all(run.finished for run in runs) and not self.stop.hard:
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
 
     def busy(self) -> int:
         """How many attempts run (or await their settle) right now."""
@@ -459,8 +459,7 @@ class Worker:
         lease thread may be stuck on an unreachable server), or if cancelled."""
         if not control.hard.is_set() and not self._leased():
             self.event(f"lease lost: stopping {job_id}")
-            control.hard.set()
-            control.interrupt.set()
+            control.stop_now()
             return
         self._watch_cancel(job_id, control)
 
@@ -480,8 +479,7 @@ class Worker:
                 self.event(f"stopping: waiting up to {self.grace:g}s for {len(self.running)} running job(s)")
         for run in list(self.running.values()):
             if self.stop.hard:
-                run.control.hard.set()
-                run.control.interrupt.set()
+                run.control.stop_now()
             elif now >= self._stop_deadline and not run.control.interrupt.is_set():
                 self.event(f"grace period over: stopping {run.claimed.job.id}")
                 run.control.interrupt.set()
@@ -510,8 +508,7 @@ class Worker:
         self._last_recovery = now
         transitions = self.spool.transitions
         try:
-            ids = self.spool.jobs.ids("running") + self.spool.jobs.stray_locks()
-            ids += [fence.job_id for fence in transitions.fences.strays()] + transitions.fences.stray_claims()
+            ids = self.spool.jobs.ids("running") + self.spool.jobs.strays()
             for uid in transitions.judge.reap():
                 self.event(f"removed the lease of worker {uid}: gone")
         except (TaskqError, OSError):
