@@ -167,6 +167,15 @@ class Cluster:
     def running_files(self) -> list[str]:
         return sorted(os.listdir(self.server / "running"))
 
+    def running_files_settled(self, timeout: float = 5.0) -> list[str]:
+        """running/ once a settle has finished: a worker moves the record first and
+        removes the job's run lock and fences just after, so a test that has seen the
+        record in done/ gives the worker a moment before it looks for leftovers."""
+        deadline = time.monotonic() + timeout
+        while (left := self.running_files()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
+
     def lease_files(self, host: Host) -> list[Path]:
         return sorted((self.server / "leases").glob(f"{host.name}~*.lease"))
 
@@ -391,7 +400,7 @@ def test_a_dead_hosts_job_is_taken_over_once_its_lease_expires(cluster: Cluster)
     assert recovered <= renewed + TAKEOVER_BOUND + NOISE, "taken over too late"
     judged = re.search(r"expired \(([0-9.]+)s old by the server's clock\)", first["detail"])
     assert judged is not None and float(judged.group(1)) >= LEASE_TIMEOUT, first["detail"]
-    assert cluster.running_files() == [], cluster.diag(job)
+    assert cluster.running_files_settled() == [], cluster.diag(job)
 
 
 # -- 4. a host stops past its lease, then resumes --------------------------------------------
@@ -465,7 +474,7 @@ def test_a_host_frozen_past_its_lease_is_fenced_when_it_resumes(cluster: Cluster
     record = cluster.wait_settled(later, timeout=30)
     assert record["state"] == "done", cluster.diag(later)
     assert [att["worker_id"] for att in record["attempts"]] == [new_uid]
-    assert cluster.running_files() == [], cluster.diag(job)
+    assert cluster.running_files_settled() == [], cluster.diag(job)
 
 
 # -- 5. clock skew -------------------------------------------------------------------------
@@ -499,7 +508,7 @@ def test_a_host_with_a_skewed_clock_keeps_its_jobs(cluster: Cluster, offset: str
     for worker in (worker_a, worker_b):
         assert "recovered" not in worker.text() and "fenced" not in worker.text() and "lost" not in worker.text(), \
             cluster.logs()
-    assert cluster.running_files() == [], cluster.diag()
+    assert cluster.running_files_settled() == [], cluster.diag()
 
 
 # -- 6. unique keys ------------------------------------------------------------------------
@@ -559,7 +568,7 @@ def test_cancel_on_one_host_stops_a_job_running_on_another(cluster: Cluster) -> 
     wait_for(lambda: not pid_alive(job_proc), timeout=5, message="A's job process to end")
     assert cluster.ended(job, 1, a) is None
     assert cluster.states_of(job) == ["failed"]
-    assert cluster.running_files() == [], cluster.diag(job)
+    assert cluster.running_files_settled() == [], cluster.diag(job)
     assert f"cancelled {job}" in cluster.workers[0].text(), cluster.logs()
     # Last, so that a failure here says that the job itself was cancelled as it should.
     assert (cancel.returncode, cancel.stderr) == (0, ""), "the job was cancelled, but the command failed"

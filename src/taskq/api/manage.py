@@ -14,6 +14,7 @@ from ..errors import JobNotFoundError, SpoolError, StateConflictError, Validatio
 from ..ids import check_id
 from ..job import Job
 from ..spool import layout, locks
+from ..spool.fileio import VANISHED
 from ..spool.jobs import Owned, mtime_of
 from ..spool.locks import Lock
 from .enqueue import key_holder
@@ -105,6 +106,29 @@ def _cancel_one(spool: Spool, job_id: str, wait: float) -> Job:
     deadline = time.monotonic() + wait
     asked = False
     while True:
+        try:
+            done = _try_cancel(spool, job_id, asked)
+        except OSError as exc:
+            # A file of the job that another host has just removed (its worker settled
+            # it): look again.
+            if exc.errno not in VANISHED:
+                raise
+            done = None
+        if isinstance(done, Job):
+            return done
+        if done is True:
+            asked = True
+        if time.monotonic() >= deadline:
+            if asked:
+                return spool.get(job_id)
+            raise StateConflictError(f"job {job_id} is busy; try again")
+        time.sleep(CANCEL_POLL)
+
+
+def _try_cancel(spool: Spool, job_id: str, asked: bool) -> Job | bool | None:
+    """One round of :func:`_cancel_one`: the cancelled job, True if its worker has
+    now been asked to cancel it, or None to look again (after a pause)."""
+    while True:
         found = spool.jobs.locate(job_id)
         if found is None:
             raise JobNotFoundError(job_id)
@@ -132,12 +156,8 @@ def _cancel_one(spool: Spool, job_id: str, wait: float) -> Job:
             continue  # it moved: look again
         if state == "running" and not asked:
             spool.jobs.request_cancel(job_id)
-            asked = True
-        if time.monotonic() >= deadline:
-            if asked:
-                return spool.get(job_id)
-            raise StateConflictError(f"job {job_id} is busy; try again")
-        time.sleep(CANCEL_POLL)
+            return True
+        return None
 
 
 def _stop_leftovers(spool: Spool, owned: Owned) -> None:

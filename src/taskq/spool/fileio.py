@@ -16,6 +16,10 @@ from collections.abc import Callable
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Errors of copy_file_range(2) that mean "not here": copy through user space instead.
 _NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.ETXTBSY)
+#: What a call on a name that another client of a shared filesystem has just removed
+#: can fail with: ENOENT, ESTALE (a stale file handle) or, from some FUSE NFS clients,
+#: EFAULT. Looked up again, the name is gone (or new): such a caller looks again.
+VANISHED = frozenset({errno.ENOENT, errno.ESTALE, errno.EFAULT})
 
 
 class FileIO:

@@ -21,6 +21,7 @@ import time
 
 from ..errors import SpoolError
 from . import layout
+from .fileio import VANISHED
 from .store import Store, io_error
 
 #: A key's ``.excl`` file older than this (by the server's clock) was left by a
@@ -112,9 +113,9 @@ def take(store: Store, path: str, blocking: bool) -> Lock | None:
             fd = store.io.open_lock(path, layout.FILE_MODE)
         except OSError as exc:
             # On NFS, a name another host has just removed can still be in this
-            # client's cache: the open fails with ENOENT (or ESTALE) although O_CREAT
+            # client's cache: the open fails (ENOENT, ESTALE, ...) although O_CREAT
             # would make it. Looked up again, it is gone, and the next open creates it.
-            if exc.errno in (errno.ENOENT, errno.ESTALE):
+            if exc.errno in VANISHED:
                 # Without waiting, a few quick tries; then the lock is as good as busy
                 # (its holder has just let go of it). Waiting, as long as such a cache
                 # may last.
@@ -134,8 +135,10 @@ def take(store: Store, path: str, blocking: bool) -> Lock | None:
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return Lock(store, path, fd)
-        except FileNotFoundError:
-            pass
+        except OSError as exc:
+            if exc.errno not in VANISHED:
+                os.close(fd)
+                raise io_error("stat", path, exc) from None
         os.close(fd)
 
 

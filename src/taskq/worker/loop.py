@@ -19,7 +19,6 @@ re-lists when the directory's mtime changes and once a second.
 
 from __future__ import annotations
 
-import errno
 import os
 import queue
 import random
@@ -36,6 +35,7 @@ from ..api import Spool
 from ..errors import SpoolError, TaskqError, ValidationError
 from ..ids import worker_id
 from ..runner import Control, ProcessRunner, Runner, become_subreaper
+from ..spool.fileio import VANISHED
 from ..spool.layout import STATES
 from ..spool.store import STALE_TMP_AGE
 from ..stopping import STOP, StopState
@@ -522,7 +522,7 @@ class Worker:
                 # The job moved meanwhile (its holder settled it), or a shared
                 # filesystem's client failed on a file another host has just removed
                 # (ESTALE; some FUSE clients say EFAULT): the next pass looks again.
-                if exc.errno not in (errno.ENOENT, errno.ESTALE, errno.EFAULT):
+                if exc.errno not in VANISHED:
                     self.event(f"cannot recover {job_id}: {exc}")
                 continue
             except (SpoolError, ValueError) as exc:
