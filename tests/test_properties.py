@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -25,7 +25,7 @@ from taskq.fields import PRIORITY_MAX, PRIORITY_MIN
 from taskq.ids import new_id
 from taskq.job import FORMAT_VERSION, Attempt, Job
 from taskq.policy import CANCELLED, INTERRUPTED, WORKER_LOST, Outcome, backoff_delay, decide
-from taskq.spool.layout import parse_pending_name, pending_name
+from taskq.spool.layout import parse_pending_name, parse_pending_names, pending_name, scan_pending_names
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -158,6 +158,33 @@ def test_pending_name_round_trip(job_id, priority, ms, deps):
         job_id, priority, key, deps, name)
     assert name.endswith(".json") and not name.startswith(".")
     assert "/" not in name
+
+
+# Names as a listing can hold them: taskq's own, near misses of them (a character
+# more or less anywhere, an impossible date), drop-ins and hidden files.
+NAME_CHARS = ID_CHARS + ".~ \n\t/\\TZ"
+made_names = st.builds(lambda job_id, priority, ms, deps: pending_name(job_id, priority, times.name_key(ms / 1000), deps),
+                       ids, st.integers(PRIORITY_MIN, PRIORITY_MAX), ms_stamps, st.booleans())
+near_misses = st.tuples(made_names, st.integers(0, 60), st.text(NAME_CHARS, max_size=2)).map(
+    lambda t: t[0][:t[1]] + t[2] + t[0][t[1] + (1 if t[2] == "" else 0):])
+impossible_dates = st.builds(lambda job_id, day: f"0000000000.202602{day:02d}T000000000Z.{job_id}.json",
+                             ids, st.integers(0, 40))
+listing_names = st.lists(st.one_of(made_names, near_misses, impossible_dates, st.text(NAME_CHARS, max_size=30)),
+                         max_size=12)
+
+
+@settings(SETTINGS, max_examples=300)
+@given(listing_names)
+@example(["x0000000000.20260101T000000000Z.A.json"])  # one character before a name
+@example(["0000000000.20260101T000000000Z.A.json~"])  # and after one
+@example(["0000000000.20260101T000000000Z.A.json", "00000000000.20260101T000000000Z.B.after.json"])
+def test_scanning_a_listing_at_once_decodes_what_each_name_would(names):
+    """status reads pending/ in one pass over the joined listing: the same jobs, in the
+    same order, as decoding each name, and every other name left out."""
+    names = [name for name in names if "\0" not in name]
+    one_by_one = [(p.prio_key, p.run_key, p.id, ".after" if p.has_deps else "")
+                  for p in parse_pending_names(names) if p is not None]
+    assert scan_pending_names(names) == one_by_one
 
 
 @SETTINGS

@@ -758,3 +758,19 @@ def test_api_validation_leaves_nothing(api, spool):
         api.add([])
     assert len(ls(spool, "pending")) == 1
     assert ls(spool, "tmp") == []
+
+
+def test_counts_of_settled_jobs_take_only_job_files(tmp_path):
+    """status counts done/ and failed/ without a stat per file: every non-hidden name
+    ending with .json counts (one made by hand that is not a regular file too, as the
+    count documents), nothing else does."""
+    api = taskq.Spool(str(tmp_path / "spool"))
+    api.add(["true"])  # makes the spool
+    done = tmp_path / "spool" / "done"
+    for name in ("A.json", "B.json", ".hidden.json", ".json", "C.json.tmp", "json", "D.jsonx", "E.JSON"):
+        (done / name).write_text("{}")
+    (done / "F.json").mkdir()
+    assert api.store.count("done") == 3  # A, B and the directory F.json
+    assert api.store.count("done", ".tmp") == 1
+    assert api.store.count("failed") == 0
+

@@ -181,26 +181,26 @@ def _pending(spool: Spool, names: dict[str, list[str]], now: float) -> dict[str,
     "Ready" is what a worker acts on at once: that includes a job whose dependency
     failed (a worker moves it to failed/), as ``explain`` says."""
     now_key = times.name_key(now)
-    ready = scheduled = waiting = 0
+    parsed = layout.scan_pending_names(names["pending"])
+    # A drop-in file not yet taken in is ready at once.
+    ready = len(names["pending"]) - len(parsed)
+    scheduled = waiting = 0
     oldest_id: str | None = None
     facts: _Facts | None = None
-    for name, parsed in zip(names["pending"], layout.parse_pending_names(names["pending"]), strict=True):
-        if parsed is None:  # a drop-in file not yet taken in: ready at once
-            ready += 1
-            continue
-        if parsed.run_key > now_key:
+    for prio_key, run_key, job_id, after in parsed:
+        if run_key > now_key:
             scheduled += 1
             continue
-        if parsed.has_deps:
+        if after:
             facts = facts or _Facts(spool.jobs, {**names, "done": spool.store.names("done"),
                                                   "failed": spool.store.names("failed")})
-            if facts.verdict_of(name).kind == "waiting":
+            if facts.verdict_of(layout.pending_file(prio_key, run_key, job_id, after)).kind == "waiting":
                 waiting += 1
                 continue
         ready += 1
         # Generated ids sort by creation time: only the smallest needs decoding.
-        if len(parsed.id) == 26 and (oldest_id is None or parsed.id < oldest_id):
-            oldest_id = parsed.id
+        if len(job_id) == 26 and (oldest_id is None or job_id < oldest_id):
+            oldest_id = job_id
     oldest = id_time(oldest_id) if oldest_id else None
     return {
         "ready": ready,
@@ -313,6 +313,8 @@ def _failed_from_events(spool: Spool, want: int, count: int, in_failed: int) -> 
         return None
     names: list[str] = []
     for line in reversed(lines):
+        if b'"failed"' not in line:  # cheaper than decoding the line: not a failure
+            continue
         event = decode(line)
         job_id = event.record.get("id") if event is not None and event.record.get("to") == "failed" else None
         if not isinstance(job_id, str) or not is_id(job_id):

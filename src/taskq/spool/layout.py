@@ -293,8 +293,12 @@ class PendingName(NamedTuple):
 
 def pending_name(job_id: str, priority: int, run_key: str, has_deps: bool) -> str:
     """The pending/ file name of a job (see the module docstring)."""
-    deps = ".after" if has_deps else ""
-    return f"{PRIO_MAX - priority:010d}.{run_key}.{job_id}{deps}{JSON}"
+    return pending_file(f"{PRIO_MAX - priority:010d}", run_key, job_id, ".after" if has_deps else "")
+
+
+def pending_file(prio_key: str, run_key: str, job_id: str, after: str) -> str:
+    """The pending/ file name of its parts (*after*: ".after" or "")."""
+    return f"{prio_key}.{run_key}.{job_id}{after}{JSON}"
 
 
 #: PRIO (10 digits) . RUNAT . ID [.after] .json; ASCII only (`\d` would take any
@@ -320,6 +324,24 @@ def parse_pending_names(names: list[str]) -> list[PendingName | None]:
         prio, run_key, job_id, deps = m.groups()
         out.append(PendingName(name, prio, run_key, job_id, deps is not None) if valid(run_key[:15]) else None)
     return out
+
+
+@functools.cache
+def _pending_in_listing() -> re.Pattern[str]:
+    """:data:`_PENDING_RE`, found in a listing joined by NULs (no file name holds one):
+    one C-level pass over all the names instead of a match per name, for status.
+    Compiled when first used, not by every command that imports this module."""
+    return re.compile(r"(?<![^\0])([0-9]{10})\.([0-9]{8}T[0-9]{9}Z)\.([A-Za-z0-9_-]+)(\.after)?\.json(?![^\0])")
+
+
+def scan_pending_names(names: list[str]) -> list[tuple[str, str, str, str]]:
+    """(prio_key, run_key, id, ".after" or "") of each name of *names* that
+    :func:`parse_pending_name` decodes, in one pass: what status needs of pending/.
+    The other names (drop-ins) are the rest of the listing."""
+    found: list[tuple[str, str, str, str]] = _pending_in_listing().findall("\0".join(names))
+    if not all(_valid_time(stamp) for stamp in {m[1][:15] for m in found}):
+        found = [m for m in found if _valid_time(m[1][:15])]
+    return found
 
 
 def matches_id(name: str, job_id: str) -> bool:

@@ -344,11 +344,14 @@ class Store:
         a hand-made one can be) is counted too. os.listdir makes no DirEntry per name:
         on a queue of tens of thousands of settled jobs this is half the cost."""
         try:
-            return len([name for name in os.listdir(self.dir(state))
-                        if name.endswith(suffix) and not name.startswith(".")])
+            names = os.listdir(self.dir(state))
         except FileNotFoundError:
             self._missing(state)
             return 0
+        # Counted in the listing joined by NULs (no name holds one): one C-level pass.
+        joined = "\0" + "\0".join(names) + "\0"
+        hidden = [name for name in names if name.startswith(".")] if "\0." in joined else []
+        return joined.count(suffix + "\0") - sum(1 for name in hidden if name.endswith(suffix))
 
     def _missing(self, state: str) -> None:
         """A listed directory is missing: an empty listing if the spool :meth:`exists`
