@@ -87,9 +87,12 @@ class ProcessRunner:
 
     spool_path: str
     kill_grace: float
+    #: The worker's environment, copied once: os.environ decodes every variable at
+    #: each copy, a cost paid per job otherwise. The worker never changes its own.
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
     def __call__(self, job: Job, attempt: int, log: JobLog, lock_fd: int, control: Control) -> Outcome:
-        return run_attempt(job, attempt, self.spool_path, log, lock_fd, self.kill_grace, control)
+        return run_attempt(job, attempt, self.spool_path, log, lock_fd, self.kill_grace, control, self.environ)
 
 
 def job_environment(job: Job, attempt: int, spool_path: str, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -114,13 +117,15 @@ def run_attempt(
     lock_fd: int,
     kill_grace: float,
     control: Control,
+    base: dict[str, str] | None = None,
 ) -> Outcome:
     """Run the job's command once, its output into *log*; block until it and its
-    process group are gone and its output is in the log."""
+    process group are gone and its output is in the log. *base*: the environment
+    the job's is made from (by default the current one)."""
     if not os.path.isdir(job.cwd):
         return Outcome(error=f"cannot start: working directory {job.cwd} not found")
     has_payload = job.payload is not None
-    env = job_environment(job, attempt, spool_path)
+    env = job_environment(job, attempt, spool_path, base)
     log.begin_output()
     try:
         return _run(job, env, log, lock_fd, kill_grace, control, has_payload)
