@@ -774,3 +774,31 @@ def test_counts_of_settled_jobs_take_only_job_files(tmp_path):
     assert api.store.count("done", ".tmp") == 1
     assert api.store.count("failed") == 0
 
+
+def test_a_producer_looks_at_the_spool_and_its_free_space_once_a_second(tmp_path, monkeypatch):
+    """Adds in a loop check the spool's directories and free space once a second, not
+    at every add; a spool removed meanwhile fails the add (nothing written) and is
+    made again by an add after that second."""
+    import shutil
+
+    from taskq.spool import store as store_module
+
+    root = tmp_path / "spool"
+    api = taskq.Spool(str(root))
+    looks = []
+    real_free = store_module.Store.free_bytes
+    monkeypatch.setattr(store_module.Store, "free_bytes", lambda self: looks.append(1) or real_free(self))
+    for _ in range(3):
+        api.add(["true"])
+    assert len(looks) == 1
+    assert len(ls(root, "pending")) == 3
+
+    shutil.rmtree(root)
+    with pytest.raises(SpoolError, match="No such file or directory"):
+        api.add(["true"])
+    assert not root.exists()
+
+    monkeypatch.setattr(store_module, "LOOK_AGAIN", 0.0)  # the second has passed
+    job = api.add(["true"])
+    assert [name.split(".")[2] for name in ls(root, "pending")] == [job.id]
+    assert len(looks) == 2

@@ -54,7 +54,7 @@ def add_batch(spool: Spool, records: list[Any], line_numbers: Any, progress: Pro
 
 def _add(spool: Spool, records: list[Any], numbers: list[int] | None,
          progress: Progress | None = None) -> list[Job]:
-    spool.store.create()
+    spool.store.ensure()
     config = spool.config
     now = times.now()
     cwd = os.getcwd()
@@ -69,7 +69,7 @@ def _add(spool: Spool, records: list[Any], numbers: list[int] | None,
             raise ValidationError(f"{where}{exc}") from None
     _check_ids_and_dependencies(spool, records, jobs, numbers)
     limit = config.min_free
-    if limit and spool.store.free_bytes() < limit:
+    if limit and spool.store.recent_free_bytes() < limit:
         raise DiskFullError(f"spool at {spool.path}: less than {limit} bytes free, nothing enqueued")
     return _publish(spool, jobs, progress)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 
 from ..errors import NoSpoolError, SpoolError
@@ -55,6 +56,11 @@ def read_from(fd: int, offset: int) -> bytes:
     return b"".join(chunks)
 
 
+#: How long a :class:`Store` trusts its last look at the spool's directories and at
+#: its free space, for producers (see :meth:`Store.ensure`).
+LOOK_AGAIN = 1.0
+
+
 class Store:
     """A spool directory's files. *fsync* False trades durability for speed."""
 
@@ -62,6 +68,9 @@ class Store:
         self.root = os.path.abspath(os.fspath(root))
         self.sync = fsync
         self.io = io or FileIO()
+        # When :meth:`ensure` and :meth:`recent_free_bytes` last looked (monotonic).
+        self._whole_at = -LOOK_AGAIN
+        self._free: tuple[float, int] = (-LOOK_AGAIN, 0)
 
     def dir(self, state: str) -> str:
         return os.path.join(self.root, state)
@@ -109,6 +118,17 @@ class Store:
         if not os.access(self.dir(layout.TMP), os.W_OK):
             raise SpoolError(f"spool at {self.root} is not writable")
         return created
+
+    def ensure(self) -> None:
+        """:meth:`create`, unless it found the spool whole less than
+        :data:`LOOK_AGAIN` seconds ago: a producer adding jobs one by one in a loop (a
+        web back end) looks at the directories once a second, not at every add. A spool
+        removed meanwhile fails that add ("No such file or directory") and is made
+        again by the next one after the second."""
+        now = time.monotonic()
+        if now - self._whole_at >= LOOK_AGAIN:
+            self.create()
+            self._whole_at = now
 
     def mkdir(self, path: str, mode: int = layout.DIR_MODE) -> None:
         """Create a directory; one that exists already is fine."""
@@ -384,6 +404,14 @@ class Store:
     def free_bytes(self) -> int:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
+
+    def recent_free_bytes(self) -> int:
+        """:meth:`free_bytes` as measured at most :data:`LOOK_AGAIN` seconds ago (the
+        ``min_free`` guard of ``add``: a second's adds are far below any guard)."""
+        now = time.monotonic()
+        if now - self._free[0] >= LOOK_AGAIN:
+            self._free = (now, self.free_bytes())
+        return self._free[1]
 
     def is_paused(self) -> bool:
         return os.path.lexists(self.top(layout.PAUSED))
