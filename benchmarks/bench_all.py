@@ -292,6 +292,7 @@ class Bench:
         self.probe_env = {**env, "TS_SOCKET": os.path.join(self.top, "probe.socket")}
         self.tsp = self._find_tsp()
         self.nq = shutil.which("nq")
+        self._compile_taskq()
 
     # -- set-up and tear-down ---------------------------------------------------------
 
@@ -303,6 +304,22 @@ class Bench:
         if not found:
             sys.exit("bench_all: no taskq console script beside sys.executable or on PATH")
         return found
+
+    def _compile_taskq(self) -> None:
+        """An installed taskq has its bytecode (`pip install` compiles it), but an
+        editable install run with PYTHONDONTWRITEBYTECODE set has none, and every
+        command would then compile its modules again: P1 would time the compiler.
+        Compile them once, as an install does, and say so."""
+        import importlib.util
+
+        import taskq
+
+        package = os.path.dirname(taskq.__file__)
+        cached = importlib.util.cache_from_source(os.path.join(package, "__init__.py"))
+        if not os.path.exists(cached):
+            subprocess.run([self.py, "-m", "compileall", "-q", package], check=True, stdout=subprocess.DEVNULL)
+            self.notes.append(f"taskq's modules in {package} had no bytecode: compiled before timing, "
+                              "as `pip install` does")
 
     def _find_tsp(self) -> str | None:
         """task-spooler is `tsp` on Debian (`ts` is moreutils' timestamp filter there),
