@@ -377,7 +377,7 @@ def test_all_the_corpus_at_once(taskq, spool, ready, tmp_path):
 # -- hostile CLI arguments -----------------------------------------------------------------------
 
 
-BAD_IDS = ["../x", "..", ".", "a/b", "/etc/passwd", "x y", "", "a.json", "é"]
+BAD_IDS = ["../x", "..", ".", "a/b", "/etc/passwd", "x y", "", "a.json", "é", "a\n"]
 
 
 @pytest.mark.parametrize("command, bad_ids", [
@@ -398,7 +398,7 @@ def test_ids_with_slashes_or_dots_are_validation_errors(taskq, spool, command, b
     assert where(spool) == before
 
 
-@pytest.mark.parametrize("bad", ["a\x00b", "../x", "a/b", ".."])
+@pytest.mark.parametrize("bad", ["a\x00b", "../x", "a/b", "..", "a\n"])
 def test_ids_with_nul_or_slashes_through_the_api(spool, bad):
     api = taskq_pkg.Spool(spool)
     api.add(["true"])
@@ -410,6 +410,8 @@ def test_ids_with_nul_or_slashes_through_the_api(spool, bad):
 
 @pytest.mark.parametrize("line, fragment", [
     ({"command": ["true"], "env": {"A=B": "x"}}, "env"),
+    ({"command": ["true"], "env": {"A\n": "x"}}, "env"),
+    ({"command": ["true"], "id": "a\n"}, "id"),
     ({"command": ["true"], "env": {"A\x00": "x"}}, "env"),
     ({"command": ["true"], "env": {"A": "x\x00y"}}, "nul"),
     ({"command": ["echo", "a\x00b"]}, "nul"),
@@ -428,7 +430,7 @@ def test_env_keys_with_eq_or_nul_and_nul_strings_are_refused_by_add(taskq, spool
         taskq_pkg.Spool(spool).add_batch([line])
 
 
-@pytest.mark.parametrize("pair", ["=x", "A\u00e9=x", "1A=x", "A-B=x", " A=x", "A =x", "noequals"])
+@pytest.mark.parametrize("pair", ["=x", "A\u00e9=x", "1A=x", "A-B=x", " A=x", "A =x", "noequals", "A\n=x"])
 def test_bad_env_option_is_refused(taskq, spool, pair):
     proc = taskq("add", "--env", pair, "--", "true")
     assert proc.returncode == 2, proc.stderr
@@ -463,3 +465,4 @@ def test_nul_in_a_cli_id_cannot_even_be_passed():
 
     with pytest.raises(ValueError):
         subprocess.run([sys.executable, "-c", "pass", "a\x00b"], timeout=10)
+

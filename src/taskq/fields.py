@@ -28,7 +28,7 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 #: Priorities are bounded so that they fit the fixed-width key in pending/ file names.
 PRIORITY_MIN, PRIORITY_MAX = -999_999_999, 999_999_999
 
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")  # \Z: "$" would let a final newline through
 
 
 # -- field validation, shared by add, --batch, drop-in files and taskq.toml -----------

@@ -10,7 +10,7 @@ from typing import TypeGuard
 
 from .errors import InvalidIdError
 
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")  # \Z: "$" would let a final newline through
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _last_id: tuple[int, int, int] = (0, 0, 0)  # (pid, ms, random part) of the last id
@@ -106,7 +106,7 @@ def new_worker_uid() -> str:
     return f"{host_id()}~{os.getpid()}~{os.urandom(4).hex()}"
 
 
-WORKER_UID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}~[A-Za-z0-9_-]{1,8}~[0-9]{1,10}~[0-9a-f]{8}$")
+WORKER_UID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}~[A-Za-z0-9_-]{1,8}~[0-9]{1,10}~[0-9a-f]{8}\Z")
 
 
 def is_worker_uid(value: object) -> TypeGuard[str]:

@@ -39,8 +39,8 @@ HELP = {
     "taskq_worker_start_time_seconds": "When this worker started, in seconds since the epoch.",
 }
 
-_NAME_RE = re.compile(r"^taskq_[a-zA-Z0-9_:]*$")
-_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_NAME_RE = re.compile(r"^taskq_[a-zA-Z0-9_:]*\Z")
+_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _KINDS = ("gauge", "counter")
 
 
