@@ -163,8 +163,9 @@ def test_pending_name_round_trip(job_id, priority, ms, deps):
 # Names as a listing can hold them: taskq's own, near misses of them (a character
 # more or less anywhere, an impossible date), drop-ins and hidden files.
 NAME_CHARS = ID_CHARS + ".~ \n\t/\\TZ"
-made_names = st.builds(lambda job_id, priority, ms, deps: pending_name(job_id, priority, times.name_key(ms / 1000), deps),
-                       ids, st.integers(PRIORITY_MIN, PRIORITY_MAX), ms_stamps, st.booleans())
+made_names = st.builds(
+    lambda job_id, priority, ms, deps: pending_name(job_id, priority, times.name_key(ms / 1000), deps),
+    ids, st.integers(PRIORITY_MIN, PRIORITY_MAX), ms_stamps, st.booleans())
 near_misses = st.tuples(made_names, st.integers(0, 60), st.text(NAME_CHARS, max_size=2)).map(
     lambda t: t[0][:t[1]] + t[2] + t[0][t[1] + (1 if t[2] == "" else 0):])
 impossible_dates = st.builds(lambda job_id, day: f"0000000000.202602{day:02d}T000000000Z.{job_id}.json",
