@@ -7,9 +7,12 @@ testable with a fake runner (no process is started) and a given time.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import select
+import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ from taskq.job import Job, Outcome
 from taskq.runner import Control
 from taskq.spool.joblog import JobLog
 from taskq.spool.layout import parse_pending_name
+from taskq.spool.store import LOCAL_FILESYSTEMS, Store
 from taskq.stopping import StopState
 from taskq.transitions import Change
 from taskq.worker import Worker
@@ -215,14 +219,18 @@ def test_a_note_rewritten_in_place_is_whole_at_every_instant(api):
 # -- one worker iteration ----------------------------------------------------------------------
 
 
-def test_run_once_claims_runs_and_settles_with_a_fake_runner(api, tmp_path):
+@pytest.mark.parametrize("settle_in_slot", [True, False], ids=["slot-settles", "settler-threads"])
+def test_run_once_claims_runs_and_settles_with_a_fake_runner(api, tmp_path, settle_in_slot):
     ok = api.add(["never-run"], priority=5)
     failing = api.add(["never-run"], max_attempts=1)
     later = api.add(["never-run"], delay=3600)
     runner = FakeRunner(by_id={ok.id: Outcome(exit_code=0), failing.id: Outcome(exit_code=3)})
-    worker = Worker(api, concurrency=2, runner=runner, stop=StopState(), log=open(os.devnull, "w"))
+    worker = Worker(api, concurrency=2, runner=runner, stop=StopState(), log=open(os.devnull, "w"),
+                    settle_in_slot=settle_in_slot)
     worker.begin()
     try:
+        settlers = [t for t in worker._threads if t.name.startswith("taskq-settle-")]
+        assert len(settlers) == (0 if settle_in_slot else 2)
         now = times.now()
         assert worker.run_once(now)
         settle_threads(worker)
@@ -269,7 +277,8 @@ def test_a_free_slot_gets_work_while_an_earlier_attempt_still_awaits_its_settle(
     second = api.add(["never-run"], priority=1)
     gates = {long.id: threading.Event()}
     settle_gate = threading.Event()
-    worker = Worker(api, concurrency=2, runner=GatedRunner(gates), stop=StopState(), log=open(os.devnull, "w"))
+    worker = Worker(api, concurrency=2, runner=GatedRunner(gates), stop=StopState(), log=open(os.devnull, "w"),
+                    settle_in_slot=False)  # the settle handed to a settler thread, as on NFS
     worker.begin()
     assert worker._attempts is not None
     settle = worker._attempts.settle
@@ -327,3 +336,42 @@ def test_burst_run_once_says_stop_when_nothing_is_left(api):
 def test_worker_refuses_what_the_cli_refuses(api, options, field):
     with pytest.raises(ValidationError, match=field):
         Worker(api, burst=True, stop=StopState(), **options)
+
+
+def test_a_worker_settles_in_its_slots_on_a_local_filesystem_only(api, tmp_path):
+    """The spool's filesystem decides who settles an ended attempt: the slot itself
+    on a local one, settler threads on any other (a network filesystem may make a
+    settle wait for a server; the slot must stay free to supervise its attempt)."""
+    worker = Worker(api, stop=StopState(), log=open(os.devnull, "w"))
+    try:
+        worker.begin()
+        kind = worker.store.filesystem_type()
+        assert kind is not None
+        assert worker.settle_in_slot == (kind in LOCAL_FILESYSTEMS)
+    finally:
+        worker.close()
+    found = shutil.which("findmnt")
+    if found is not None:  # util-linux's answer for the same path
+        out = subprocess.run([found, "-n", "-o", "FSTYPE", "--target", api.path], capture_output=True, text=True)
+        assert out.stdout.strip() == kind
+
+
+def test_mount_points_with_escapes_are_read_as_paths(tmp_path, monkeypatch):
+    """/proc/self/mountinfo writes a space in a mount point as \\040: the longest
+    mount point holding the spool is found all the same, and its type taken."""
+    spool = tmp_path / "a b" / "spool"
+    spool.mkdir(parents=True)
+    inside = str(tmp_path / "a b").replace(" ", "\\040")
+    table = (f"22 1 8:1 / / rw - ext4 /dev/vda rw\n"
+             f"40 22 0:50 / {inside} rw,nosuid - nfs4 server:/x rw\n"
+             f"41 22 0:51 / {inside}x rw - tmpfs tmpfs rw\n")
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/self/mountinfo":
+            return io.StringIO(table)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert Store(str(spool)).filesystem_type() == "nfs4"
+    assert Store(str(tmp_path)).filesystem_type() == "ext4"

@@ -266,7 +266,7 @@ def _recent_failures(spool: Spool, in_failed: int, count: int = 5) -> list[dict[
     (thousands, on a long-lived queue); where it does not name enough of them (a new,
     rotated or missing log), the newest of failed/ by mtime.
 
-    A worker settles several ended attempts at once (its slots, its settler threads),
+    A worker settles several ended attempts at once (its slots, or settler threads),
     so the order of the log's lines (or of mtimes) is only nearly the order in which
     the jobs failed: a few more candidates are read, and ordered by when their last
     attempt finished."""

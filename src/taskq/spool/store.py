@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +56,15 @@ def read_from(fd: int, offset: int) -> bytes:
         offset += len(chunk)
     return b"".join(chunks)
 
+
+#: Filesystems of one machine's own disks or memory (the type /proc/self/mountinfo
+#: names). On another type (NFS, CephFS, FUSE, Lustre...) a call may wait for a server
+#: for as long as the server is away, and a worker keeps a thread free of such waits for
+#: each running attempt (see ``taskq.worker.loop.SETTLERS``).
+LOCAL_FILESYSTEMS = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "bcachefs", "jfs", "reiserfs", "nilfs2",
+    "tmpfs", "ramfs", "overlay",
+})
 
 #: How long a :class:`Store` trusts its last look at the spool's directories and at
 #: its free space, for producers (see :meth:`Store.ensure`).
@@ -401,6 +411,27 @@ class Store:
 
     # -- spool-wide files --------------------------------------------------------------
 
+    def filesystem_type(self) -> str | None:
+        """The type of the filesystem that holds the spool, as /proc/self/mountinfo
+        names it (the mount whose point is the longest prefix of the spool's real path;
+        the last of several on one point), or None where that cannot be read."""
+        path = os.path.realpath(self.root)
+        best, kind = "", None
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    left, sep, right = line.partition(" - ")
+                    fields = left.split()
+                    if not sep or len(fields) < 5 or not right.split():
+                        continue
+                    point = _unescape_mount(fields[4])
+                    inside = path == point or path.startswith(point.rstrip("/") + "/")
+                    if inside and len(point) >= len(best):
+                        best, kind = point, right.split()[0]
+        except OSError:
+            return None
+        return kind
+
     def free_bytes(self) -> int:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
@@ -581,3 +612,11 @@ class Store:
                 continue
             removed.append(name)
         return removed
+
+
+def _unescape_mount(field: str) -> str:
+    """A mount point as /proc/self/mountinfo writes it: space, tab, newline and
+    backslash as octal escapes (``\\040``)."""
+    if "\\" not in field:
+        return field
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)

@@ -2,9 +2,10 @@
 
 One process runs up to ``concurrency`` jobs at once, each attempt in one of
 ``concurrency`` slot threads (:mod:`.attempt`). A slot thread whose attempt has ended
-claims its next job itself and, once the next one's process has started, hands the
-ended one to a settler thread (:meth:`Worker._slot`), so a queue of short jobs drains
-without waking the main thread between them. The main thread gives work to idle slots, watches the spool,
+claims its next job itself and, once the next one's process has started, settles the
+ended one while the next runs (on a network filesystem it hands it to a settler thread
+instead, see :meth:`Worker._slot`), so a queue of short jobs drains without waking the
+main thread between them. The main thread gives work to idle slots, watches the spool,
 passes on cancel requests, recovers jobs of dead workers and handles signals. Any
 number of workers may share a spool, on one host or several (a lease each,
 :mod:`.lease`): a claim is a rename, which only one of them can win.
@@ -37,7 +38,7 @@ from ..ids import worker_id
 from ..runner import Control, ProcessRunner, Runner, become_subreaper
 from ..spool.fileio import VANISHED
 from ..spool.layout import STATES
-from ..spool.store import STALE_TMP_AGE
+from ..spool.store import LOCAL_FILESYSTEMS, STALE_TMP_AGE
 from ..stopping import STOP, StopState
 from ..watch import Watcher
 from .attempt import AttemptRunner, Ended, Running
@@ -64,8 +65,14 @@ CANCEL_CHECK_PERIOD = 1.0
 SLOT_JOIN = 5.0
 #: Longest sleep of an idle worker: bounds how late periodic work and polling run.
 IDLE_WAKE = 1.0
-#: Threads that settle ended attempts handed over by the slots. Several, so that their
-#: fsyncs overlap and the filesystem commits them together (group commit).
+#: Threads that settle ended attempts handed over by the slots, on a network
+#: filesystem (on a local one each slot settles its own: measured on ext4, handing the
+#: settle to another thread cost 40 % more CPU per job and a quarter of the drain's
+#: speed, the two threads' renames and fsyncs contending for one journal and the
+#: interpreter lock). Several, so that their fsyncs overlap (group commit). There a
+#: slot's thread stays free to supervise its next attempt while a settle waits for a
+#: server that does not answer: that is how an attempt of a worker whose lease ran out
+#: is stopped within 0.1 s (README, "Several hosts").
 SETTLERS = 2
 #: At most this many ended attempts wait for a settler; beyond, a slot settles its
 #: ended attempt itself. Without a bound, jobs that end faster than the disk records
@@ -95,6 +102,10 @@ class Worker:
     runner: Runner | None = None
     metrics_file: str | None = None
     metrics_interval: float = DEFAULT_INTERVAL
+    #: Whether a slot settles its ended attempt itself once the next one's process has
+    #: started, or hands it to a settler thread; None: itself where the spool's
+    #: filesystem is a local one (:data:`taskq.spool.store.LOCAL_FILESYSTEMS`).
+    settle_in_slot: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
@@ -206,8 +217,11 @@ class Worker:
         self.keeper.start()
         self._threads = [threading.Thread(target=self._slot, daemon=True, name=f"taskq-slot-{n}")
                          for n in range(self.concurrency)]
-        self._threads += [threading.Thread(target=self._settler, daemon=True, name=f"taskq-settle-{n}")
-                          for n in range(SETTLERS)]
+        if self.settle_in_slot is None:
+            self.settle_in_slot = self.store.filesystem_type() in LOCAL_FILESYSTEMS
+        if not self.settle_in_slot:
+            self._threads += [threading.Thread(target=self._settler, daemon=True, name=f"taskq-settle-{n}")
+                              for n in range(SETTLERS)]
         for thread in self._threads:
             thread.start()
         if self.metrics_file is not None:
@@ -362,10 +376,11 @@ class Worker:
                 self.event(f"cannot note the process group of {claimed.job.id}: {exc}")
             later, run.previous = run.previous, None
             if later is not None:
-                if self._settles.qsize() < SETTLE_BACKLOG:
+                if not self.settle_in_slot and self._settles.qsize() < SETTLE_BACKLOG:
                     self._settles.put(later)
                 else:
-                    later()  # the settlers are behind: this slot waits for the disk too
+                    later()  # while the new attempt's process runs (or: the settlers are behind)
+                    self._settled()
 
         control = Control(on_spawn=on_spawn)
         control.tick = lambda: self._watch(claimed.job.id, control)
@@ -392,10 +407,11 @@ class Worker:
         per attempt would cost its start-up at every job).
 
         When an attempt ends, the thread claims the next job itself and, once the next
-        one's process has started, hands the ended attempt to a settler thread (if the
-        next one never starts a process, it settles it itself, once that attempt is
-        over): the bookkeeping of one job overlaps the next one's run, and the main
-        thread is not woken between jobs. With nothing to claim it settles at once,
+        one's process has started, settles the ended attempt while that process runs
+        (on a network filesystem it hands it to a settler thread, see
+        :data:`SETTLERS`; if the next one never starts a process, it settles it itself,
+        once that attempt is over): the bookkeeping of one job overlaps the next one's
+        run, and the main thread is not woken between jobs. With nothing to claim it settles at once,
         wakes the main thread and waits for a job from it.
         Nothing is lost by the delay: until its settle, an ended job stays in running/
         with its run lock held, and if the worker dies meanwhile, recovery runs it
@@ -432,12 +448,16 @@ class Worker:
         for here, not on the way to the next job."""
         while (later := self._settles.get()) is not None:
             later()
-            # The main thread reaps settled jobs when it wakes; it needs to soon only if a
-            # slot waits for a job (a dependency may just be met, a burst may be over) or
-            # a stop waits for the last job. With every slot busy, waking it would only
-            # take the interpreter lock from them.
-            if self._free or self.stop.requested:
-                self.wake()
+            self._settled()
+
+    def _settled(self) -> None:
+        """After a settle handed over at a spawn (by a settler or the slot itself). The
+        main thread reaps settled jobs when it wakes; it needs to soon only if a slot
+        waits for a job (a dependency may just be met, a burst may be over) or a stop
+        waits for the last job. With every slot busy, waking it would only take the
+        interpreter lock from them."""
+        if self._free or self.stop.requested:
+            self.wake()
 
     def _reap(self) -> None:
         with self._claiming:
