@@ -399,3 +399,36 @@ def test_a_claim_is_decided_by_a_link_before_the_rename(api):
     api.transitions.start(claimed, times.now())
     api.transitions.settle(claimed, Outcome(exit_code=0), times.now(), 0.5)
     assert list(running.iterdir()) == []
+
+
+def test_a_fence_is_a_second_name_of_the_run_lock_file_or_a_file_of_its_own(api, monkeypatch):
+    """Only a fence's name counts: it is made as a link to the run lock's file the
+    claimer has just made (no new inode), and as an empty file of its own where that
+    file is gone (another host's lost claim removed it)."""
+    lease = leased(api)
+    running = Path(api.path) / "running"
+    first = api.add(["true"])
+    claimed = claim_one(api)
+    fence = running / layout.fence_file(first.id, 0, lease.uid)
+    lock = running / layout.lock_file(first.id)
+    assert fence.stat().st_ino == lock.stat().st_ino
+    api.transitions.start(claimed, times.now())
+    api.transitions.settle(claimed, Outcome(exit_code=0), times.now(), 0.5)
+    assert ls(Path(api.path), "running") == []
+
+    second = api.add(["true"])
+    real_link = api.store.io.link
+
+    def link_after_the_lock_went(src, dst):
+        if src.endswith(layout.lock_file(second.id)):
+            os.unlink(src)  # another host's lost claim, just now
+        real_link(src, dst)
+
+    monkeypatch.setattr(api.store.io, "link", link_after_the_lock_went)
+    claimed = claim_one(api)
+    fence = running / layout.fence_file(second.id, 0, lease.uid)
+    assert fence.exists() and fence.stat().st_size == 0
+    assert os.fstat(claimed.lock.fd).st_ino != fence.stat().st_ino
+    api.transitions.start(claimed, times.now())
+    api.transitions.settle(claimed, Outcome(exit_code=0), times.now(), 0.5)
+    assert api.get(second.id).state == "done"

@@ -19,6 +19,7 @@ from ..errors import FencedError, SpoolError, ValidationError
 from ..ids import boot_id, new_id
 from ..job import Attempt, Job, is_complete, parse_json_bytes
 from . import layout, locks
+from .fileio import VANISHED
 from .locks import Lock
 from .store import Store, io_error, open_to_read
 
@@ -386,11 +387,21 @@ class Fences:
 
     def make(self, job_id: str, worker: str) -> str:
         """A worker's token for a job it is claiming (N = 0), made before the claim's
-        rename: from the moment the job is in running/, it names its owner."""
+        rename: from the moment the job is in running/, it names its owner.
+
+        Only its name counts, so it is made as a second name of the run lock's file,
+        which the claimer has just made: a link costs a tenth of creating a file (an
+        inode) on ext4. Where that file is gone already (another host's lost claim
+        removed it), the token is a new empty file."""
         name = layout.fence_file(job_id, 0, worker)
         path = self.store.path("running", name)
         try:
-            self.store.io.create_empty(path, layout.FILE_MODE)
+            try:
+                self.store.io.link(self.store.path("running", layout.lock_file(job_id)), path)
+            except OSError as exc:
+                if exc.errno not in VANISHED:
+                    raise
+                self.store.io.create_empty(path, layout.FILE_MODE)
         except OSError as exc:
             raise io_error("create", path, exc) from None
         return name
