@@ -107,57 +107,44 @@ def _cancel_one(spool: Spool, job_id: str, wait: float) -> Job:
     asked = False
     while True:
         try:
-            done = _try_cancel(spool, job_id, asked)
+            found = spool.jobs.locate(job_id)
+            if found is None:
+                raise JobNotFoundError(job_id)
+            state = found[0]
+            if state in layout.SETTLED:
+                if asked and state == "failed":
+                    return spool.get(job_id)
+                raise StateConflictError(f"job {job_id} is already {state}")
+            owned = spool.jobs.own(job_id, found)
+            if owned is not None and state == "running" and spool.transitions.held_elsewhere(job_id, owned.lock):
+                # Its lock was free only because its worker is on another host (README,
+                # "Several hosts"): ask that worker, like any worker that holds its job.
+                owned.lock.release(remove=False)
+                owned = None
+            if owned is not None:
+                try:
+                    _stop_leftovers(spool, owned)
+                    return spool.transitions.cancel(owned, times.now())
+                except FileNotFoundError:
+                    pass  # it moved while we took the lock: look again
+                finally:
+                    owned.release()
+                continue
+            if not spool.store.has(*found):
+                continue  # it moved: look again
+            if state == "running" and not asked:
+                spool.jobs.request_cancel(job_id)
+                asked = True
         except OSError as exc:
             # A file of the job that another host has just removed (its worker settled
-            # it): look again.
+            # it): look again after the pause.
             if exc.errno not in VANISHED:
                 raise
-            done = None
-        if isinstance(done, Job):
-            return done
-        if done is True:
-            asked = True
         if time.monotonic() >= deadline:
             if asked:
                 return spool.get(job_id)
             raise StateConflictError(f"job {job_id} is busy; try again")
         time.sleep(CANCEL_POLL)
-
-
-def _try_cancel(spool: Spool, job_id: str, asked: bool) -> Job | bool | None:
-    """One round of :func:`_cancel_one`: the cancelled job, True if its worker has
-    now been asked to cancel it, or None to look again (after a pause)."""
-    while True:
-        found = spool.jobs.locate(job_id)
-        if found is None:
-            raise JobNotFoundError(job_id)
-        state = found[0]
-        if state in layout.SETTLED:
-            if asked and state == "failed":
-                return spool.get(job_id)
-            raise StateConflictError(f"job {job_id} is already {state}")
-        owned = spool.jobs.own(job_id, found)
-        if owned is not None and state == "running" and spool.transitions.held_elsewhere(job_id, owned.lock):
-            # Its lock was free only because its worker is on another host (README,
-            # "Several hosts"): ask that worker, like any worker that holds its job.
-            owned.lock.release(remove=False)
-            owned = None
-        if owned is not None:
-            try:
-                _stop_leftovers(spool, owned)
-                return spool.transitions.cancel(owned, times.now())
-            except FileNotFoundError:
-                pass  # it moved while we took the lock: look again
-            finally:
-                owned.release()
-            continue
-        if not spool.store.has(*found):
-            continue  # it moved: look again
-        if state == "running" and not asked:
-            spool.jobs.request_cancel(job_id)
-            return True
-        return None
 
 
 def _stop_leftovers(spool: Spool, owned: Owned) -> None:

@@ -396,12 +396,13 @@ class Fences:
         name = layout.fence_file(job_id, 0, worker)
         path = self.store.path("running", name)
         try:
-            try:
-                self.store.io.link(self.store.path("running", layout.lock_file(job_id)), path)
-            except OSError as exc:
-                if exc.errno not in VANISHED:
-                    raise
-                self.store.io.create_empty(path, layout.FILE_MODE)
+            self.store.io.link(self.store.path("running", layout.lock_file(job_id)), path)
+            return name
+        except OSError as exc:
+            if exc.errno not in VANISHED:
+                raise io_error("create", path, exc) from None
+        try:
+            self.store.io.create_empty(path, layout.FILE_MODE)
         except OSError as exc:
             raise io_error("create", path, exc) from None
         return name

@@ -328,10 +328,11 @@ def parse_pending_names(names: list[str]) -> list[PendingName | None]:
 
 @functools.cache
 def _pending_in_listing() -> re.Pattern[str]:
-    """:data:`_PENDING_RE`, found in a listing joined by NULs (no file name holds one):
-    one C-level pass over all the names instead of a match per name, for status.
-    Compiled when first used, not by every command that imports this module."""
-    return re.compile(r"(?<![^\0])([0-9]{10})\.([0-9]{8}T[0-9]{9}Z)\.([A-Za-z0-9_-]+)(\.after)?\.json(?![^\0])")
+    """:data:`_PENDING_RE`, found in a listing joined by NULs (no file name holds one),
+    each match bounded by them: one C-level pass over all the names instead of a match
+    per name, for status. Compiled when first used, not by every command that imports
+    this module."""
+    return re.compile(r"(?<![^\0])" + _PENDING_RE.pattern + r"(?![^\0])")
 
 
 def scan_pending_names(names: list[str]) -> list[tuple[str, str, str, str]]:

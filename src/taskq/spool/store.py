@@ -378,10 +378,13 @@ class Store:
         except FileNotFoundError:
             self._missing(state)
             return 0
-        # Counted in the listing joined by NULs (no name holds one): one C-level pass.
+        # Counted in the listing joined by NULs (no name holds one): one C-level pass;
+        # hidden names, rare, are looked at one by one only where there are any.
         joined = "\0" + "\0".join(names) + "\0"
-        hidden = [name for name in names if name.startswith(".")] if "\0." in joined else []
-        return joined.count(suffix + "\0") - sum(1 for name in hidden if name.endswith(suffix))
+        count = joined.count(suffix + "\0")
+        if "\0." in joined:
+            count -= sum(1 for name in names if name.startswith(".") and name.endswith(suffix))
+        return count
 
     def _missing(self, state: str) -> None:
         """A listed directory is missing: an empty listing if the spool :meth:`exists`
@@ -420,14 +423,14 @@ class Store:
         try:
             with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
                 for line in fh:
-                    left, sep, right = line.partition(" - ")
-                    fields = left.split()
-                    if not sep or len(fields) < 5 or not right.split():
+                    left, _, right = line.partition(" - ")
+                    fields, after = left.split(), right.split()
+                    if len(fields) < 5 or not after:
                         continue
                     point = _unescape_mount(fields[4])
                     inside = path == point or path.startswith(point.rstrip("/") + "/")
                     if inside and len(point) >= len(best):
-                        best, kind = point, right.split()[0]
+                        best, kind = point, after[0]
         except OSError:
             return None
         return kind
