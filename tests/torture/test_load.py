@@ -201,7 +201,13 @@ def test_soak_flat_memory_fds_tmp(taskq, fleets, tmp_path):
     assert len(listing(spool, "done")) == len(produced)
     assert rss_last <= rss_first + 20 * 1024, figures
     assert idle_end["fds"] <= idle_start["fds"], figures
-    assert max(s["fds"] for s in last_q) <= max(s["fds"] for s in first_q) + 4, figures
+    # A leak raises the floor of open descriptors as jobs go by; a sample taken while a
+    # slot holds one job's files and settles the one before (run locks, log, pipe,
+    # pidfd, staged record: about 7 at once) is a peak of the moment, whichever quarter
+    # it falls in. So the floors of the first and last quarters are compared, and every
+    # peak is bounded by that working set per slot (concurrency 2).
+    assert min(s["fds"] for s in last_q) <= min(s["fds"] for s in first_q) + 4, figures
+    assert max(s["fds"] for s in samples) <= idle_start["fds"] + 2 * 8, figures
     assert figures["tmp_max"] <= 8 and idle_end["tmp"] == 0, figures
     # the worker keeps up: no backlog growing over the run
     first_pending, last_pending = figures["pending_median_first_last_quarter"]
